@@ -1,0 +1,289 @@
+"""The seed's ``AbstractService``, with its state in Redis so every process agrees.
+
+A service written as the seed shows runs unchanged: standalone with ``run_service_loop()``,
+or on Celery workers (see ``worker/``), on the same Redis state, never twice at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from services import SYSTEM_ID, logs
+from services.config import resolve_config
+from services.errors import StateUnavailableError
+from services.lease import LeaseKeeper
+from services.runner import describe, run_once
+from services.state import FinishResult, RunTicket, StateStore, default_store, worker_identity
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from sqlalchemy.orm import Session
+
+logger = logging.getLogger("services.AbstractService")
+
+
+class AbstractService(ABC):
+    """A long-running background service: ``update()`` every ``interval_seconds``.
+
+    Class attributes give the defaults; constructor arguments override them; the environment
+    (``SVC_<NAME>_INTERVAL_SECONDS`` ...) overrides both.
+    """
+
+    name: ClassVar[str | None] = None
+    """The service's name; default: ``SVC_<Name>.py``'s ``<Name>`` in snake case."""
+    interval_seconds: float = 60.0
+    max_failures: int = 3
+    retry_delay_seconds: float = 30.0
+    max_concurrent_runs: int = 1
+    """How many runs may be in progress at once across the cluster."""
+    queue: ClassVar[str | None] = None
+    """The Celery queue this service's task goes to; default: Celery's default queue."""
+
+    def __init__(
+        self,
+        interval_seconds: float | None = None,
+        max_failures: int | None = None,
+        retry_delay_seconds: float | None = None,
+        requester_id: str = SYSTEM_ID,
+        db: Session | None = None,
+        *,
+        name: str | None = None,
+        max_concurrent_runs: int | None = None,
+        state: StateStore | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        config = resolve_config(type(self), {
+            "interval_seconds": interval_seconds, "max_failures": max_failures,
+            "retry_delay_seconds": retry_delay_seconds,
+            "max_concurrent_runs": max_concurrent_runs}, environ, name)
+        self.config = config
+        self.name = config.name  # type: ignore[misc]
+        self.interval_seconds = config.interval_seconds
+        self.max_failures = config.max_failures
+        self.retry_delay_seconds = config.retry_delay_seconds
+        self.max_concurrent_runs = config.max_concurrent_runs
+        self.requester_id = requester_id
+        self.service_id = f"{config.name}-{uuid.uuid4().hex[:12]}"
+        self._state = state
+        self._external_db = db
+        self._own_db: Session | None = None
+        self._run_db: Session | None = None
+        self._current_run: RunTicket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._cleaned_up = False
+        with logs.bound(config.name):
+            self._configure_service()
+
+    # -- what subclasses write ---------------------------------------------------------------
+
+    @abstractmethod
+    def _configure_service(self) -> None:
+        """One-time setup, called once from ``__init__`` (once per worker process)."""
+
+    @abstractmethod
+    async def update(self) -> None:
+        """One unit of the service's work, run every ``interval_seconds``."""
+
+    def cleanup(self) -> None:
+        """Release resources; called when the loop ends or the worker process shuts down.
+        Subclasses call ``super().cleanup()``."""
+        self._cleaned_up = True
+        if self._own_db is not None:
+            self._own_db.close()
+            self._own_db = None
+
+    # -- shared state, as every process sees it -------------------------------------------------
+
+    @property
+    def state(self) -> StateStore:
+        if self._state is None:
+            self._state = default_store()
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        return self.state.flag(self.name, "running")
+
+    @running.setter
+    def running(self, value: bool) -> None:
+        self.start() if value else self.stop()
+
+    @property
+    def paused(self) -> bool:
+        return self.state.flag(self.name, "paused")
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self.pause() if value else self.resume()
+
+    @property
+    def failures(self) -> int:
+        return self.state.failures(self.name)
+
+    @failures.setter
+    def failures(self, value: int) -> None:
+        self.state.set_failures(self.name, value)
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of the run in progress in this instance, if any."""
+        return self._current_run.run_id if self._current_run else None
+
+    @property
+    def lease_lost(self) -> bool:
+        """True when the run in progress lost its lease: another run may own the service now,
+        so stop early and do not act as its owner."""
+        return bool(self._current_run and self._current_run.lease_lost)
+
+    @property
+    def db(self) -> Session:
+        """The session passed in, else this run's own session (rolled back on error and closed
+        after the run), else a session this instance keeps until ``cleanup()``."""
+        if self._external_db is not None:
+            return self._external_db
+        from services import db as database  # SQLAlchemy loads only for services that use it
+
+        if self._current_run is not None:
+            if self._run_db is None:
+                self._run_db = database.new_session()
+            return self._run_db
+        if self._own_db is None:
+            self._own_db = database.new_session()
+        return self._own_db
+
+    # -- lifecycle: every call is seen by every process ------------------------------------------
+
+    def _actor(self) -> str:
+        return f"{self.service_id}@{worker_identity()}"
+
+    def start(self, reason: str = "") -> None:
+        """Run again: clears a stop (an operator's or max_failures') and the failure count."""
+        self.state.control(self.name, "start", who=self._actor(), reason=reason)
+
+    def stop(self, reason: str = "") -> None:
+        """Stop on every worker; a local ``run_service_loop()`` ends promptly."""
+        self.state.control(self.name, "stop", who=self._actor(), reason=reason)
+        if self._loop is not None and self._stop_event is not None:
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+
+    def pause(self, reason: str = "") -> None:
+        self.state.control(self.name, "pause", who=self._actor(), reason=reason)
+
+    def resume(self, reason: str = "") -> None:
+        self.state.control(self.name, "resume", who=self._actor(), reason=reason)
+
+    # -- failure accounting (the seed's hooks; overriding them and calling super() works) --------
+
+    def _handle_failure(self, error: BaseException) -> FinishResult | None:
+        """Count a failure. Inside ``update()`` it marks the current run as failed (recorded
+        when the run ends); when the run ends, or outside any run, it records it in Redis."""
+        run = self._current_run
+        if run is not None and not run.finishing:
+            run.error = describe(error)
+            return None
+        return self._record(run, describe(error))
+
+    def _reset_failures(self) -> FinishResult | None:
+        """Reset the failure count; when a run ends well, records its success."""
+        run = self._current_run
+        if run is None or not run.finishing:
+            self.state.set_failures(self.name, 0)
+            return None
+        return self._record(run, None)
+
+    def _record(self, run: RunTicket | None, error: str | None) -> FinishResult:
+        if run is None:  # an outcome that belongs to no leased run
+            run = RunTicket(self.name, f"manual-{uuid.uuid4().hex[:8]}@{worker_identity()}",
+                            0, 0, "manual")
+            run.started_ms = int(self.state.now() * 1000)
+        elif run.result is not None:
+            return run.result
+        run.result = self.state.finish(run, error=error, max_failures=self.max_failures,
+                                       retry_delay_seconds=self.retry_delay_seconds)
+        return run.result
+
+    # -- the run lifecycle, driven by services.runner ----------------------------------------
+
+    def _begin_run(self, ticket: RunTicket) -> None:
+        self._current_run = ticket
+        self._run_db = None
+
+    def _finish_run(self, ticket: RunTicket, error: BaseException | None) -> FinishResult:
+        ticket.finishing = True
+        if error is None and ticket.error is None:
+            self._reset_failures()
+        else:
+            self._handle_failure(error or RuntimeError(ticket.error))
+        if ticket.result is None:  # an override did not call super(): record it anyway
+            self._record(ticket, describe(error) if error else ticket.error)
+        return ticket.result  # type: ignore[return-value]
+
+    def _end_run(self, ticket: RunTicket) -> None:
+        session, self._run_db = self._run_db, None
+        self._current_run = None
+        if session is not None:
+            try:
+                if ticket.error is not None or (ticket.result and ticket.result.failures):
+                    session.rollback()
+            finally:
+                session.close()
+
+    # -- standalone -------------------------------------------------------------------------
+
+    async def run_service_loop(self) -> None:
+        """Run ``update()`` every ``interval_seconds`` until stopped, on the same Redis state
+        (and the same guard) as the Celery workers; then ``cleanup()``."""
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        with logs.bound(self.name):
+            await self._loop_until_stopped()
+
+    async def _loop_until_stopped(self) -> None:
+        assert self._stop_event is not None
+        keeper = LeaseKeeper(self.state)
+        kind = "loop"
+        logger.info("%s: loop started (every %ss)", self.name, self.interval_seconds)
+        try:
+            while not self._stop_event.is_set():
+                try:
+                    report = await run_once(self, kind, keeper)
+                except StateUnavailableError as exc:
+                    logger.error("%s: %s; trying again in %ss", self.name, exc,
+                                 self.retry_delay_seconds)
+                    await self._wait(self.retry_delay_seconds)
+                    continue
+                kind, wait = self._next_step(report)
+                if wait is None:
+                    break
+                await self._wait(wait)
+        finally:
+            keeper.close()
+            self.cleanup()
+            logger.info("%s: loop ended", self.name)
+
+    def _next_step(self, report: Any) -> tuple[str, float | None]:
+        """What the loop does after an attempt: the next kind of run and how long to wait
+        (None: end the loop)."""
+        verdict = report.verdict
+        if verdict == "stopped" or (report.result is not None and report.result.stopped):
+            logger.info("%s is stopped: %s", self.name,
+                        report.decision.detail if verdict == "stopped" else "max_failures")
+            return "loop", None
+        if report.result is not None and report.failed:
+            return "retry", self.retry_delay_seconds
+        if verdict == "backoff":
+            return "retry", max(0.0, float(report.decision.detail) - report.decision.now_ms / 1000)
+        return "loop", self.interval_seconds
+
+    async def _wait(self, seconds: float) -> None:
+        assert self._stop_event is not None
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)
+        except TimeoutError:
+            pass

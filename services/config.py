@@ -1,0 +1,107 @@
+"""A service's name and numbers, resolved once from class attributes, constructor arguments
+and ``SVC_<NAME>_*`` environment overrides, and validated with errors that name the service,
+the field and where the bad value came from."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from services.errors import ServiceConfigError
+from services.keys import validate_name
+from services.settings import service_overrides
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+# Ticks closer together than interval minus this slack are duplicates; the slack absorbs
+# queueing jitter between Beat and a worker.
+MAX_TICK_SLACK_SECONDS = 1.0
+
+
+def snake_case(text: str) -> str:
+    """``OutboxDispatcher`` -> ``outbox_dispatcher``; ``HTTPPoller`` -> ``http_poller``."""
+    return _CAMEL_BOUNDARY.sub("_", text).replace("-", "_").lower()
+
+
+def service_name_for(cls: type) -> str:
+    """The class's ``name`` if it sets one, else ``SVC_<Name>.py``'s ``<Name>`` in snake case,
+    else the class name in snake case."""
+    explicit = getattr(cls, "name", None)
+    if explicit:
+        candidate = explicit
+    else:
+        module = cls.__module__.rsplit(".", 1)[-1]
+        base = module[4:] if module.startswith("SVC_") else cls.__name__
+        candidate = snake_case(base)
+    try:
+        return validate_name(candidate)
+    except ValueError as exc:
+        raise ServiceConfigError(f"{cls.__module__}.{cls.__qualname__}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    interval_seconds: float
+    max_failures: int
+    retry_delay_seconds: float
+    max_concurrent_runs: int = 1
+    queue: str | None = None
+
+    @property
+    def tick_gap_seconds(self) -> float:
+        """A tick sooner than this after the last accepted one is a duplicate."""
+        return self.interval_seconds - min(self.interval_seconds / 2, MAX_TICK_SLACK_SECONDS)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# field -> (type, lowest allowed, whether the lowest is allowed, what was expected)
+_RULES: dict[str, tuple[type, float, bool, str]] = {
+    "interval_seconds": (float, 0, False, "a number > 0"),
+    "max_failures": (int, 1, True, "a whole number >= 1"),
+    "retry_delay_seconds": (float, 0, True, "a number >= 0"),
+    "max_concurrent_runs": (int, 1, True, "a whole number >= 1"),
+}
+
+
+def resolve_config(
+    cls: type,
+    explicit: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> ServiceConfig:
+    """Class attributes, overridden by ``explicit`` (constructor arguments), overridden by the
+    environment. Raises :class:`ServiceConfigError` naming the service, field and source."""
+    name = validate_name(name) if name else service_name_for(cls)
+    values: dict[str, Any] = {}
+    for field in _RULES:
+        source = f"{cls.__qualname__}.{field}"
+        raw: Any = getattr(cls, field)
+        if explicit and explicit.get(field) is not None:
+            raw, source = explicit[field], f"argument {field}"
+        values[field] = (raw, source)
+    for field, (var, text) in service_overrides(name, environ).items():
+        values[field] = (text, var)
+    checked = {field: _check(name, field, raw, source) for field, (raw, source) in values.items()}
+    queue = (explicit or {}).get("queue") or getattr(cls, "queue", None)
+    return ServiceConfig(name=name, queue=queue, **checked)
+
+
+def _check(name: str, field: str, raw: Any, source: str) -> float | int:
+    kind, lowest, inclusive, expected = _RULES[field]
+    problem = f"service {name!r}: {field} must be {expected}, got {raw!r} (from {source})"
+    if isinstance(raw, bool):
+        raise ServiceConfigError(problem)
+    try:
+        value = kind(raw) if isinstance(raw, str) else raw
+        if kind is int and (not isinstance(value, int) and float(value) != int(value)):
+            raise ValueError
+        value = kind(value)
+    except (TypeError, ValueError):
+        raise ServiceConfigError(problem) from None
+    if value < lowest or (value == lowest and not inclusive) or value != value:  # NaN too
+        raise ServiceConfigError(problem)
+    return value

@@ -1,0 +1,141 @@
+"""Finds the services: every ``SVC_*.py`` module in ``services/`` and in the packages named
+by ``SVC_PACKAGES``, and every concrete ``AbstractService`` subclass defined in them.
+
+A module that fails to import, a class with bad settings, or two classes with one name are
+reported (file and reason) and left out; every other service still loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import inspect
+import logging
+import pkgutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.AbstractService import AbstractService
+from services.config import ServiceConfig, resolve_config
+from services.errors import ServiceConfigError, UnknownServiceError
+from services.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A discovered service: its class and resolved settings, before anything is built."""
+
+    cls: type[AbstractService]
+    config: ServiceConfig
+    source: str
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass
+class Registry:
+    specs: dict[str, ServiceSpec] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def discover(
+        cls, packages: Iterable[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Registry:
+        """Import every ``SVC_*`` module of ``packages`` (default: ``services`` and
+        ``SVC_PACKAGES``) and collect their services."""
+        if packages is None:
+            packages = ["services", *get_settings().package_list]
+        registry = cls()
+        found: list[ServiceSpec] = []
+        for package in packages:
+            for module_name in _svc_modules(package, registry.errors):
+                found.extend(_specs_in(module_name, environ, registry.errors))
+        registry._add_unique(found)
+        for error in registry.errors:
+            logger.error("service not loaded: %s", error)
+        return registry
+
+    def _add_unique(self, found: list[ServiceSpec]) -> None:
+        by_name: dict[str, list[ServiceSpec]] = {}
+        for spec in found:
+            by_name.setdefault(spec.name, []).append(spec)
+        for name, specs in sorted(by_name.items()):
+            if len(specs) == 1:
+                self.specs[name] = specs[0]
+                continue
+            where = " and ".join(s.source for s in specs)
+            self.errors.append(
+                f"service name {name!r} is defined more than once ({where}); none of them is "
+                "loaded: rename one (set `name = \"...\"` on the class)")
+
+    def names(self) -> list[str]:
+        return sorted(self.specs)
+
+    def get(self, name: str) -> ServiceSpec:
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise UnknownServiceError(name, self.names(), suggest(name, self.names())) from None
+
+    def build(self, name: str, **kwargs: Any) -> AbstractService:
+        """A new instance (``_configure_service()`` runs now)."""
+        spec = self.get(name)
+        return spec.cls(name=spec.name, **kwargs)
+
+    def configs(self) -> dict[str, dict[str, Any]]:
+        return {name: spec.config.as_dict() for name, spec in self.specs.items()}
+
+
+def suggest(name: str, known: Iterable[str]) -> list[str]:
+    """The known names closest to a mistyped one."""
+    return difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+
+
+def _svc_modules(package: str, errors: list[str]) -> list[str]:
+    try:
+        pkg = importlib.import_module(package)
+    except Exception as exc:  # noqa: BLE001 - reported with the package's name
+        errors.append(f"package {package!r} (from SVC_PACKAGES) cannot be imported: "
+                      f"{type(exc).__name__}: {exc}")
+        return []
+    paths = getattr(pkg, "__path__", None)
+    if paths is None:
+        errors.append(f"{package!r} is a module, not a package: expected a folder of SVC_*.py")
+        return []
+    return sorted(f"{package}.{info.name}" for info in pkgutil.iter_modules(paths)
+                  if info.name.startswith("SVC_") and not info.ispkg)
+
+
+def _specs_in(module_name: str, environ: Mapping[str, str] | None,
+              errors: list[str]) -> list[ServiceSpec]:
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - a bad file must not stop the others
+        logger.debug("import of %s failed", module_name, exc_info=True)
+        errors.append(f"{_path_of(module_name)}: cannot be imported: {type(exc).__name__}: {exc}")
+        return []
+    classes = [obj for obj in vars(module).values()
+               if inspect.isclass(obj) and issubclass(obj, AbstractService)
+               and obj.__module__ == module.__name__ and not inspect.isabstract(obj)]
+    if not classes:
+        errors.append(f"{_path_of(module_name)}: defines no concrete AbstractService subclass "
+                      "(expected a class with _configure_service() and async update())")
+    specs = []
+    for cls in classes:
+        source = f"{_path_of(module_name)} ({cls.__name__})"
+        try:
+            specs.append(ServiceSpec(cls, resolve_config(cls, environ=environ), source))
+        except (ServiceConfigError, ValueError) as exc:
+            errors.append(f"{source}: {exc}")
+    return specs
+
+
+def _path_of(module_name: str) -> str:
+    spec = importlib.util.find_spec(module_name)
+    return spec.origin if spec and spec.origin else module_name

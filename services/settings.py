@@ -1,0 +1,139 @@
+"""Every setting, read from the environment once, at the edge (worker start, CLI start).
+
+The defaults are the one-machine setup: Redis on localhost, a SQLite file under ``var/``.
+Per-service overrides (``SVC_<NAME>_INTERVAL_SECONDS`` and friends) are named here too, so
+that no other module spells an environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.errors import ServiceConfigError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "sqlite:///var/services.db"
+SERVICE_OVERRIDE_FIELDS = (
+    "interval_seconds",
+    "max_failures",
+    "retry_delay_seconds",
+    "max_concurrent_runs",
+)
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:{}-]*$")
+
+
+class Settings(BaseSettings):
+    """The framework's settings. Field docs name the environment variable that sets each."""
+
+    model_config = SettingsConfigDict(env_prefix="SVC_", env_file=".env", extra="ignore")
+
+    redis_url: str = Field(DEFAULT_REDIS_URL, validation_alias="REDIS_URL")
+    """REDIS_URL: where service state lives (and the broker, unless CELERY_BROKER_URL)."""
+    broker_url: str | None = Field(None, validation_alias="CELERY_BROKER_URL")
+    """CELERY_BROKER_URL: the Celery broker; defaults to REDIS_URL."""
+    database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
+    """DATABASE_URL: the SQLAlchemy URL behind ``AbstractService.db``."""
+    key_prefix: str = "svc"
+    """SVC_KEY_PREFIX: first part of every state key (``<prefix>:<name>``)."""
+    broker_prefix: str = ""
+    """SVC_BROKER_PREFIX: kombu ``global_keyprefix`` for the broker's own keys."""
+    packages: str = ""
+    """SVC_PACKAGES: comma-separated extra packages searched for ``SVC_*.py`` modules."""
+    lease_seconds: float = Field(30.0, gt=0)
+    """SVC_LEASE_SECONDS: lease time; a crashed run frees its service within this."""
+    history_length: int = Field(100, ge=1)
+    """SVC_HISTORY_LENGTH: runs kept in ``<prefix>:<name>:history``."""
+    audit_length: int = Field(200, ge=1)
+    """SVC_AUDIT_LENGTH: operator actions kept in ``<prefix>:<name>:audit``."""
+    log_json: bool = False
+    """SVC_LOG_JSON: log one JSON object per line."""
+    log_level: str = "INFO"
+    """SVC_LOG_LEVEL: the root log level."""
+    flower_address: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_basic_auth: str | None = Field(None, validation_alias="FLOWER_BASIC_AUTH")
+    """FLOWER_BASIC_AUTH: ``user:password[,user2:password2]`` for Flower."""
+    metrics_port: int = 9808
+    """SVC_METRICS_PORT: where ``svc metrics`` serves Prometheus metrics."""
+    db_pool_size: int = Field(5, ge=1)
+    db_max_overflow: int = Field(5, ge=0)
+    db_pool_recycle_seconds: int = 1800
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not _KEY_PREFIX.match(value):
+            raise ValueError("must start with a letter or digit and hold no spaces")
+        return value
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def package_list(self) -> list[str]:
+        return [p.strip() for p in self.packages.split(",") if p.strip()]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning pydantic's error into one that names the
+    environment variable and what was expected."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{_env_name(field)}={err.get('input')!r}: {err['msg']}")
+        raise ServiceConfigError("invalid setting: " + "; ".join(problems)) from None
+
+
+def _env_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    return alias if isinstance(alias, str) else f"SVC_{field.upper()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, built once."""
+    return load_settings()
+
+
+def service_env_var(service_name: str, field: str) -> str:
+    """``SVC_<NAME>_<FIELD>``: the variable that overrides one numeric field of one service."""
+    token = re.sub(r"[^A-Za-z0-9]", "_", service_name).upper()
+    return f"SVC_{token}_{field.upper()}"
+
+
+def service_overrides(
+    service_name: str, environ: Mapping[str, str] | None = None
+) -> dict[str, tuple[str, str]]:
+    """The overrides set for one service: ``{field: (variable, raw value)}``."""
+    env = os.environ if environ is None else environ
+    found = {}
+    for field in SERVICE_OVERRIDE_FIELDS:
+        var = service_env_var(service_name, field)
+        if var in env:
+            found[field] = (var, env[var])
+    return found
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for error messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

@@ -1,0 +1,374 @@
+"""The Redis state store: flags, failure counters, leases, run history and audit, shared by
+every process that runs a service. Each decision is one Lua script, one round trip.
+
+Times in Redis are the Redis server's clock (``TIME``), so workers with skewed clocks still
+agree on leases, backoff and tick windows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis import Redis
+
+from services.errors import StateUnavailableError
+from services.keys import Keys, validate_name
+from services.scripts import Scripts
+from services.settings import Settings, get_settings, redact_url
+
+logger = logging.getLogger(__name__)
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+GO = "go"
+
+
+def parse_flag(value: str | None, default: bool) -> bool | None:
+    """A flag as Redis holds it; None when the value is not a flag (the scripts agree)."""
+    if value is None:
+        return default
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    return None
+
+
+def worker_identity() -> str:
+    """``host:pid``: which process ran a run or holds a lease."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class RunTicket:
+    """One started run: what finish and the lease keeper need to know about it."""
+
+    name: str
+    token: str
+    seq: int
+    started_ms: int
+    kind: str
+    lease_lost: bool = False
+    error: str | None = None
+    """Set when ``update()`` reported a failure through ``_handle_failure`` and returned."""
+    finishing: bool = False
+    result: FinishResult | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.token.split("@", 1)[0]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The guard's verdict. ``ticket`` is set exactly when the verdict is ``go``."""
+
+    verdict: str
+    detail: str
+    now_ms: int
+    warnings: tuple[str, ...] = ()
+    ticket: RunTicket | None = None
+
+    @property
+    def go(self) -> bool:
+        return self.verdict == GO
+
+
+@dataclass(frozen=True)
+class FinishResult:
+    failures: int
+    stopped: bool
+    superseded: bool
+    lease_lost: bool
+    retry_at_ms: int
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """A service's hash, read with the documented defaults. Unreadable fields fall back to the
+    default and are listed in ``corrupt`` as ``field=value``."""
+
+    name: str
+    running: bool = True
+    paused: bool = False
+    failures: int = 0
+    runs: int = 0
+    retry_at: float | None = None
+    last_started_at: float | None = None
+    last_finished_at: float | None = None
+    last_success_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    stop_reason: str | None = None
+    changed_by: str | None = None
+    changed_at: float | None = None
+    change: str | None = None
+    change_reason: str | None = None
+    corrupt: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_hash(cls, name: str, raw: Mapping[str, str]) -> ServiceState:
+        corrupt: list[str] = []
+        values: dict[str, Any] = {}
+        for flag, default in (("running", True), ("paused", False)):
+            parsed = parse_flag(raw.get(flag), default)
+            if parsed is None:
+                corrupt.append(f"{flag}={raw[flag]}")
+                # A value nobody can read must not run the service: the scripts refuse too.
+                parsed = flag == "paused"
+            values[flag] = parsed
+        for key in ("failures", "runs"):
+            values[key] = int(_number(raw, key, corrupt) or 0)
+        for key in ("retry_at", "last_started_at", "last_finished_at", "last_success_at",
+                    "last_error_at", "changed_at"):
+            values[key] = _number(raw, key, corrupt)
+        for key in ("last_error", "stop_reason", "changed_by", "change", "change_reason"):
+            values[key] = raw.get(key) or None
+        return cls(name=name, corrupt=tuple(corrupt), **values)
+
+
+def _number(raw: Mapping[str, str], key: str, corrupt: list[str]) -> float | None:
+    value = raw.get(key)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        corrupt.append(f"{key}={value}")
+        return None
+
+
+class StateStore:
+    """Every read and write of service state. Thread-safe (redis-py pools connections)."""
+
+    def __init__(
+        self,
+        client: Redis,
+        keys: Keys | None = None,
+        *,
+        lease_seconds: float = 30.0,
+        history_length: int = 100,
+        audit_length: int = 200,
+        redis_url: str = "",
+    ) -> None:
+        self.client = client
+        self.keys = keys or Keys()
+        self.lease_ms = int(lease_seconds * 1000)
+        self.history_length = history_length
+        self.audit_length = audit_length
+        self.redis_url = redact_url(redis_url) if redis_url else "<redis>"
+        self.scripts = Scripts.register(client)
+        self.worker = worker_identity()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StateStore:
+        return cls(
+            connect_redis(settings.redis_url),
+            Keys(settings.key_prefix),
+            lease_seconds=settings.lease_seconds,
+            history_length=settings.history_length,
+            audit_length=settings.audit_length,
+            redis_url=settings.redis_url,
+        )
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.lease_ms / 1000
+
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StateUnavailableError(f"cannot reach Redis at {self.redis_url}: {exc}") from exc
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def begin(self, name: str, *, kind: str, max_runs: int, tick_gap_seconds: float) -> Decision:
+        """The guard: run now or not, and why not. On ``go`` the lease is held."""
+        token = f"{uuid.uuid4().hex[:12]}@{socket.gethostname()}:{os.getpid()}"
+        state_key, lease_key, _ = self.keys.for_service(name)
+        with self._reaching():
+            verdict, detail, now_ms, warnings = self.scripts.begin_run(
+                keys=[state_key, lease_key],
+                args=[token, self.lease_ms, max_runs, kind, int(tick_gap_seconds * 1000)],
+            )
+        ticket = None
+        if verdict == GO:
+            ticket = RunTicket(name, token, int(detail), int(now_ms), kind)
+        return Decision(verdict, detail, int(now_ms), tuple(warnings), ticket)
+
+    def finish(
+        self,
+        ticket: RunTicket,
+        *,
+        error: str | None,
+        max_failures: int,
+        retry_delay_seconds: float,
+    ) -> FinishResult:
+        """Record a run's outcome (``error`` None means success) and release its lease."""
+        keys = self.keys.for_service(ticket.name)
+        with self._reaching():
+            failures, stopped, superseded, lost, retry_at = self.scripts.finish_run(
+                keys=list(keys),
+                args=[
+                    ticket.token, ticket.seq, "ok" if error is None else "error", error or "",
+                    max_failures, int(retry_delay_seconds * 1000), self.history_length,
+                    ticket.started_ms, self.worker,
+                ],
+            )
+        return FinishResult(int(failures), bool(stopped), bool(superseded), bool(lost),
+                            int(retry_at))
+
+    def renew(self, ticket: RunTicket) -> bool:
+        with self._reaching():
+            return bool(self.scripts.renew_lease(
+                keys=[self.keys.lease(ticket.name)], args=[ticket.token, self.lease_ms]))
+
+    # -- operator actions -------------------------------------------------------------------
+
+    def control(self, name: str, action: str, *, who: str, reason: str = "") -> dict[str, Any]:
+        """pause, resume, stop, start or reset one service, recorded in its audit list."""
+        validate_name(name)
+        with self._reaching():
+            entry = self.scripts.control(
+                keys=[self.keys.state(name), self.keys.audit(name)],
+                args=[action, who, reason, self.audit_length],
+            )
+        return json.loads(entry)
+
+    def set_failures(self, name: str, failures: int) -> None:
+        """Set the failure count; 0 also ends a backoff."""
+        key = self.keys.state(name)
+        with self._reaching(), self.client.pipeline() as pipe:
+            pipe.hset(key, "failures", int(failures))
+            if not failures:
+                pipe.hdel(key, "retry_at")
+            pipe.execute()
+
+    def failures(self, name: str) -> int:
+        with self._reaching():
+            raw = self.client.hget(self.keys.state(name), "failures")
+        try:
+            return int(float(raw or 0))
+        except ValueError:
+            logger.error("%s field failures=%r is not a number; treating it as 0",
+                         self.keys.state(name), raw)
+            return 0
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def read(self, name: str) -> ServiceState:
+        with self._reaching():
+            raw = self.client.hgetall(self.keys.state(name))
+        state = ServiceState.from_hash(name, raw)
+        if state.corrupt:
+            logger.error(
+                "state of service %r in %s holds unreadable values %s; using safe defaults "
+                "(expected flags 1/0 and numbers)", name, self.keys.state(name),
+                ", ".join(state.corrupt))
+        return state
+
+    def flag(self, name: str, flag: str) -> bool:
+        """``running`` or ``paused`` as every process sees it (an unreadable value is safe:
+        paused, not running)."""
+        default = flag == "running"
+        with self._reaching():
+            raw = self.client.hget(self.keys.state(name), flag)
+        parsed = parse_flag(raw, default)
+        if parsed is None:
+            logger.error("%s field %s=%r is not a flag (expected 1 or 0); treating it as %s",
+                         self.keys.state(name), flag, raw, "paused" if flag == "paused" else "stopped")
+            return flag == "paused"
+        return parsed
+
+    def history(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        with self._reaching():
+            rows = self.client.lrange(self.keys.history(name), 0, max(limit, 1) - 1)
+        return _json_rows(rows, self.keys.history(name))
+
+    def audit(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        with self._reaching():
+            rows = self.client.lrange(self.keys.audit(name), 0, max(limit, 1) - 1)
+        return _json_rows(rows, self.keys.audit(name))
+
+    def lease_holders(self, name: str) -> list[tuple[str, float]]:
+        """``(token, expires_at)`` for every lease still held."""
+        with self._reaching():
+            now_s, now_us = self.client.time()
+            rows = self.client.zrangebyscore(
+                self.keys.lease(name), now_s * 1000 + now_us // 1000, "+inf", withscores=True)
+        return [(token, score / 1000) for token, score in rows]
+
+    def ping(self) -> None:
+        """Fail now, with the URL (password hidden), if Redis is unreachable."""
+        with self._reaching():
+            self.client.ping()
+
+    def now(self) -> float:
+        """The Redis server's clock, which every stored time uses."""
+        with self._reaching():
+            seconds, micros = self.client.time()
+        return seconds + micros / 1_000_000
+
+    # -- the index of services workers have registered --------------------------------------
+
+    def register_services(self, configs: Mapping[str, Mapping[str, Any]]) -> None:
+        if not configs:
+            return
+        with self._reaching():
+            self.client.hset(self.keys.index(), mapping={
+                name: json.dumps(dict(cfg), sort_keys=True) for name, cfg in configs.items()})
+
+    def registered(self) -> dict[str, dict[str, Any]]:
+        with self._reaching():
+            raw = self.client.hgetall(self.keys.index())
+        found = {}
+        for name, text in raw.items():
+            try:
+                found[name] = json.loads(text)
+            except ValueError:
+                logger.error("%s holds unreadable JSON for %r; ignoring it", self.keys.index(), name)
+        return found
+
+
+def _json_rows(rows: list[str], key: str) -> list[dict[str, Any]]:
+    parsed = []
+    for row in rows:
+        try:
+            parsed.append(json.loads(row))
+        except ValueError:
+            logger.error("%s holds an entry that is not JSON; skipping it: %.80r", key, row)
+    return parsed
+
+
+def connect_redis(url: str) -> Redis:
+    """A client for ``url``. Connecting is lazy; the first command reports an unreachable
+    server as :class:`StateUnavailableError` with the password hidden."""
+    try:
+        return Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30)
+    except ValueError as exc:
+        raise StateUnavailableError(f"REDIS_URL {redact_url(url)!r} is not a Redis URL: {exc}") from exc
+
+
+_default: tuple[int, StateStore] | None = None
+
+
+def default_store() -> StateStore:
+    """This process's store, from settings; made again after a fork."""
+    global _default  # noqa: PLW0603 - one store per process is the point
+    if _default is None or _default[0] != os.getpid():
+        _default = (os.getpid(), StateStore.from_settings(get_settings()))
+    return _default[1]
+
