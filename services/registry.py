@@ -45,18 +45,26 @@ class Registry:
 
     @classmethod
     def discover(
-        cls, packages: Iterable[str] | None = None, environ: Mapping[str, str] | None = None
+        cls,
+        packages: Iterable[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        only: Iterable[str] | None = None,
     ) -> Registry:
         """Import every ``SVC_*`` module of ``packages`` (default: ``services`` and
-        ``SVC_PACKAGES``) and collect their services."""
+        ``SVC_PACKAGES``) and collect their services; ``only`` (default ``SVC_SERVICES``)
+        keeps just the named ones."""
+        settings = get_settings()
         if packages is None:
-            packages = ["services", *get_settings().package_list]
+            packages = ["services", *settings.package_list]
+        if only is None:
+            only = settings.service_allowlist
         registry = cls()
         found: list[ServiceSpec] = []
         for package in packages:
             for module_name in _svc_modules(package, registry.errors):
                 found.extend(_specs_in(module_name, environ, registry.errors))
         registry._add_unique(found)
+        registry._keep_only(list(only))
         for error in registry.errors:
             logger.error("service not loaded: %s", error)
         return registry
@@ -73,6 +81,15 @@ class Registry:
             self.errors.append(
                 f"service name {name!r} is defined more than once ({where}); none of them is "
                 "loaded: rename one (set `name = \"...\"` on the class)")
+
+    def _keep_only(self, only: list[str]) -> None:
+        if not only:
+            return
+        for name in only:
+            if name not in self.specs:
+                self.errors.append(f"SVC_SERVICES names {name!r}, which is not a discovered "
+                                   f"service: {UnknownServiceError(name, self.names(), suggest(name, self.names()))}")
+        self.specs = {name: spec for name, spec in self.specs.items() if name in only}
 
     def names(self) -> list[str]:
         return sorted(self.specs)

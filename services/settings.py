@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     """SVC_BROKER_PREFIX: kombu ``global_keyprefix`` for the broker's own keys."""
     packages: str = ""
     """SVC_PACKAGES: comma-separated extra packages searched for ``SVC_*.py`` modules."""
+    services: str = ""
+    """SVC_SERVICES: comma-separated names to run here; empty runs every discovered service."""
     lease_seconds: float = Field(30.0, gt=0)
     """SVC_LEASE_SECONDS: lease time; a crashed run frees its service within this."""
     history_length: int = Field(100, ge=1)
@@ -79,7 +81,15 @@ class Settings(BaseSettings):
 
     @property
     def package_list(self) -> list[str]:
-        return [p.strip() for p in self.packages.split(",") if p.strip()]
+        return _csv(self.packages)
+
+    @property
+    def service_allowlist(self) -> list[str]:
+        return _csv(self.services)
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def load_settings(**overrides: object) -> Settings:
