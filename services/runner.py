@@ -84,16 +84,26 @@ async def run_once(service: AbstractService, kind: str, keeper: LeaseKeeper) -> 
             await service.update()
         except BaseException as exc:  # noqa: BLE001 - recorded, and re-raised below if fatal
             error = exc
-            logger.error("update() failed: %s", describe(exc), exc_info=exc)
+            if isinstance(exc, Exception):
+                logger.error("update() failed: %s", describe(exc), exc_info=exc)
+            else:
+                logger.warning("update() interrupted by %s", type(exc).__name__)
         finally:
             keeper.untrack(ticket)
+        if error is not None and not isinstance(error, Exception):
+            # Shutdown (SystemExit, KeyboardInterrupt, CancelledError) is not the service's
+            # failure: free the lease, note it in the history, then let the shutdown go on.
+            try:
+                store.finish(ticket, error=describe(error), max_failures=service.max_failures,
+                             retry_delay_seconds=service.retry_delay_seconds, interrupted=True)
+            finally:
+                service._end_run(ticket)  # noqa: SLF001
+            raise error
         try:
             result = service._finish_run(ticket, error)  # noqa: SLF001
         finally:
             service._end_run(ticket)  # noqa: SLF001
         _log_outcome(service, ticket, result)
-    if error is not None and not isinstance(error, Exception):
-        raise error  # KeyboardInterrupt, SystemExit, CancelledError: recorded, then honoured
     return RunReport(decision, error, result)
 
 

@@ -215,14 +215,17 @@ class StateStore:
         error: str | None,
         max_failures: int,
         retry_delay_seconds: float,
+        interrupted: bool = False,
     ) -> FinishResult:
-        """Record a run's outcome (``error`` None means success) and release its lease."""
+        """Record a run's outcome (``error`` None means success; ``interrupted``, a shutdown
+        mid-run, counts as neither) and release its lease."""
+        outcome = "interrupted" if interrupted else ("ok" if error is None else "error")
         keys = self.keys.for_service(ticket.name)
         with self._reaching():
             failures, stopped, superseded, lost, retry_at = self.scripts.finish_run(
                 keys=list(keys),
                 args=[
-                    ticket.token, ticket.seq, "ok" if error is None else "error", error or "",
+                    ticket.token, ticket.seq, outcome, error or "",
                     max_failures, int(retry_delay_seconds * 1000), self.history_length,
                     ticket.started_ms, self.worker,
                 ],

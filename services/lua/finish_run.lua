@@ -6,7 +6,7 @@
 -- KEYS[3]  history list  <prefix>:<name>:history (newest first)
 -- ARGV[1]  token         the run's token, as given to begin_run
 -- ARGV[2]  seq           the run's sequence number, as begin_run returned it
--- ARGV[3]  outcome       ok | error
+-- ARGV[3]  outcome       ok | error | interrupted (shutdown mid-run: not a failure)
 -- ARGV[4]  error         the error text ('' on ok)
 -- ARGV[5]  max_failures  consecutive failures that stop the service
 -- ARGV[6]  retry_ms      retry_delay_seconds in ms: how long a failure backs off
@@ -42,6 +42,8 @@ if not superseded then
     redis.call('HSET', KEYS[1], 'failures', 0, 'last_finished_at', finished,
       'last_success_at', finished)
     redis.call('HDEL', KEYS[1], 'retry_at')
+  elseif outcome == 'interrupted' then
+    redis.call('HSET', KEYS[1], 'last_finished_at', finished)
   else
     failures = (tonumber(redis.call('HGET', KEYS[1], 'failures') or '0') or 0) + 1
     redis.call('HSET', KEYS[1], 'failures', failures, 'last_finished_at', finished,

@@ -1,0 +1,127 @@
+"""Real ``celery worker`` and ``celery beat`` processes for integration tests, isolated by a
+key prefix (state keys and the broker's own keys), and always stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.keys import Keys
+from services.state import StateStore, connect_redis
+from tests.waiting import wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+@dataclass
+class Cluster:
+    """Start workers and Beat on one test's prefix. Use as a context manager."""
+
+    workdir: Path
+    prefix: str
+    redis_url: str
+    services: list[str]
+    packages: str = "tests.svc_celery"
+    lease_seconds: float = 3.0
+    env: dict[str, str] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+
+    def base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+            "PYTHONUNBUFFERED": "1",
+            "REDIS_URL": self.redis_url,
+            "SVC_KEY_PREFIX": self.prefix,
+            "SVC_BROKER_PREFIX": f"{self.prefix}-broker:",
+            "SVC_PACKAGES": self.packages,
+            "SVC_SERVICES": ",".join(self.services),
+            "SVC_LEASE_SECONDS": str(self.lease_seconds),
+            "DATABASE_URL": f"sqlite:///{self.workdir / 'services.db'}",
+        })
+        env.update(self.env)
+        return env
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        log = self.workdir / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+                [sys.executable, "-m", "celery", "-A", "worker", *args],
+                cwd=self.workdir, env={**self.base_env(), **(env or {})},
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, name: str, pool: str = "prefork", concurrency: int = 1,
+               wait: bool = True, extra: list[str] | None = None,
+               env: dict[str, str] | None = None) -> Proc:
+        proc = self.spawn(name, [
+            "worker", "-P", pool, "-c", str(concurrency), "-n", f"{name}@%h", "-l", "INFO",
+            "--without-gossip", "--without-mingle", *(extra or [])], env)
+        if wait:
+            wait_for(lambda: "ready." in proc.output() or proc.popen.poll() is not None,
+                     30, f"worker {name} to be ready")
+            assert proc.popen.poll() is None, f"worker {name} exited:\n{proc.output()[-3000:]}"
+        return proc
+
+    def beat(self, name: str = "beat") -> Proc:
+        return self.spawn(name, ["beat", "-l", "INFO", "-s", str(self.workdir / f"{name}-schedule")])
+
+    def store(self) -> StateStore:
+        return StateStore(connect_redis(self.redis_url), Keys(self.prefix),
+                          lease_seconds=self.lease_seconds, redis_url=self.redis_url)
+
+    def kill(self, proc: Proc, sig: int = signal.SIGKILL) -> None:
+        """Signal the process's whole group (a prefork worker and its children)."""
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        if sig == signal.SIGKILL:
+            proc.popen.wait(timeout=10)
+
+    def stop(self, proc: Proc, timeout: float = 20) -> None:
+        if proc.popen.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.popen.wait(timeout=timeout)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                self.kill(proc)
+        # Leftover pool children of a worker whose parent died.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name}\n{p.output()[-4000:]}" for p in self.procs)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc)
+        if exc[0] is not None:
+            print(self.logs())

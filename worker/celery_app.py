@@ -1,0 +1,94 @@
+"""The Celery application: ``celery -A worker worker``, ``... beat``, ``... flower``.
+
+Settings come from the environment (``services.settings``); the schedule and one task per
+service come from the registry. JSON is the only accepted content: a pickled message is
+refused and logged by Celery before any code of ours sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
+
+from beat_schedule import build_routes, build_schedule
+from services import logs
+from services.registry import Registry
+from services.settings import get_settings
+from worker import runtime
+from worker.tasks import register_tasks
+
+logger = logging.getLogger(__name__)
+
+settings = get_settings()
+registry = Registry.discover()
+
+app = Celery("svc", broker=settings.effective_broker_url, set_as_current=True)
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    event_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    task_ignore_result=True,
+    # Flower sees every run without extra flags.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    # Ack on receipt: a worker killed mid-run loses that tick instead of having it replayed
+    # later; the next tick (or the lease expiring) recovers, and the guard keeps runs unique.
+    task_acks_late=False,
+    # One tick at a time per process: prefetched ticks would wait behind a slow run and expire.
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options=(
+        {"global_keyprefix": settings.broker_prefix} if settings.broker_prefix else {}),
+    beat_schedule=build_schedule(registry),
+    beat_schedule_filename=str(Path("var") / "celerybeat-schedule"),
+    task_routes=build_routes(registry),
+    timezone="UTC",
+    enable_utc=True,
+)
+register_tasks(app, registry)
+# Beat keeps its schedule file under var/ (relative to where it runs), like the SQLite default.
+Path("var").mkdir(exist_ok=True)
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _service_aware_logs(logger: logging.Logger, **_: Any) -> None:
+    for handler in logger.handlers:
+        logs.install(handler, settings.log_json)
+
+
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _announce(**_: Any) -> None:
+    for error in registry.errors:
+        logger.error("service not loaded: %s", error)
+    logger.info("services: %s", ", ".join(registry.names()) or "(none)")
+
+
+@signals.beat_init.connect
+def _prepare_beat(**_: Any) -> None:
+    logger.info("beat schedule: %s", {
+        name: f"every {entry['schedule'].total_seconds()}s"
+        for name, entry in app.conf.beat_schedule.items()})
+
+
+@signals.worker_ready.connect
+def _register(**_: Any) -> None:
+    runtime.default_store().register_services(registry.configs())
+
+
+@signals.worker_process_init.connect
+def _build_services(**_: Any) -> None:
+    runtime.current(registry).build_all()
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _cleanup(**_: Any) -> None:
+    runtime.shutdown()
+

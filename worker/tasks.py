@@ -1,0 +1,67 @@
+"""One Celery task per service, ``svc.<name>``: the single sync edge around the async core.
+
+A tick runs the guard, ``update()`` and the outcome script (``services.runner.run_once``) on
+the process's persistent loop. A failed run is retried once by Celery after
+``retry_delay_seconds`` (shown as RETRY in Flower), then reported as FAILURE.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+
+from beat_schedule import task_name, tick_expires
+from services import logs
+from services.errors import ServiceRunFailed
+from services.registry import Registry
+from services.runner import KINDS, RunReport
+from worker import runtime
+
+logger = logging.getLogger(__name__)
+
+# Celery's countdown runs on the worker's clock, retry_at on Redis's: a little slack keeps a
+# retry from arriving a hair before its backoff ends and being refused.
+RETRY_SLACK_SECONDS = 0.25
+
+
+def register_tasks(app: Celery, registry: Registry) -> None:
+    for name in registry.names():
+        app.task(name=task_name(name), bind=True, ignore_result=True, max_retries=1,
+                 acks_late=False, shared=False)(_task_body(registry, name))
+
+
+def _task_body(registry: Registry, name: str) -> Any:
+    def run_service(task: Task, kind: str = "tick") -> dict[str, object]:
+        return execute(task, registry, name, kind)
+
+    run_service.__name__ = run_service.__qualname__ = f"run_{name.replace('.', '_').replace('-', '_')}"
+    run_service.__doc__ = f"Run service {name!r} once, if its guard allows."
+    return run_service
+
+
+def execute(task: Task, registry: Registry, name: str, kind: str) -> dict[str, object]:
+    if kind not in KINDS:
+        raise ValueError(f"task {task.name}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if task.request.retries:
+        kind = "retry"
+    report = runtime.current(registry).run(name, kind)
+    if report.failed:
+        _retry_or_fail(task, registry, name, report)
+    return report.summary()
+
+
+def _retry_or_fail(task: Task, registry: Registry, name: str, report: RunReport) -> None:
+    assert report.ticket is not None and report.result is not None
+    run_id = report.ticket.run_id
+    error = report.ticket.error or repr(report.error)
+    failure = ServiceRunFailed(f"service {name} run {run_id} failed: {error}")
+    result = report.result
+    if result.stopped or result.superseded or task.request.retries >= (task.max_retries or 0):
+        raise failure
+    config = registry.get(name).config
+    countdown = config.retry_delay_seconds + RETRY_SLACK_SECONDS
+    with logs.bound(name, run_id):
+        logger.info("retrying once in %.2fs", countdown)
+    raise task.retry(exc=failure, countdown=countdown, expires=countdown + tick_expires(config))
