@@ -1,0 +1,59 @@
+"""The Procfile, docker-compose.yml and ``svc up`` describe the same processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from services.settings import load_settings
+from worker.stack import process_commands
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def procfile() -> dict[str, str]:
+    entries = {}
+    for line in (REPO / "Procfile").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, command = line.split(":", 1)
+            entries[name.strip()] = command.strip()
+    return entries
+
+
+def compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+
+
+def test_compose_runs_the_procfile_processes_with_the_same_commands() -> None:
+    services = compose()
+    for name, command in procfile().items():
+        assert name in services, f"docker-compose.yml has no {name!r} service"
+        assert services[name]["command"] == command, name
+
+
+def test_svc_up_runs_the_procfile_processes() -> None:
+    ours = process_commands(load_settings())
+    assert set(ours) == set(procfile())
+    for name, command in procfile().items():
+        # svc up runs the same celery sub-command (through this interpreter), maybe with
+        # one-machine extras (concurrency, schedule file under var/, Flower's address).
+        assert command.removeprefix("celery ") in ours[name], (name, ours[name])
+
+
+def test_compose_redis_never_evicts_and_persists() -> None:
+    command = compose()["redis"]["command"]
+    assert "--maxmemory-policy noeviction" in command
+    assert "--appendonly yes" in command
+
+
+def test_compose_workers_scale() -> None:
+    worker = compose()["worker"]
+    # --scale worker=N needs no fixed name and no published port.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+
+
+def test_compose_flower_basic_auth_comes_from_the_environment() -> None:
+    flower = compose()["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH")
