@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     """FLOWER_BASIC_AUTH: ``user:password[,user2:password2]`` for Flower."""
     metrics_port: int = 9808
     """SVC_METRICS_PORT: where ``svc metrics`` serves Prometheus metrics."""
+    metrics_address: str = "127.0.0.1"
+    """SVC_METRICS_ADDRESS: the address ``svc metrics`` listens on (0.0.0.0 for a remote
+    Prometheus)."""
+    wait_timeout_seconds: float = Field(60.0, gt=0)
+    """SVC_WAIT_TIMEOUT_SECONDS: how long ``svc pause|stop --wait`` waits by default."""
     db_pool_size: int = Field(5, ge=1)
     db_max_overflow: int = Field(5, ge=0)
     db_pool_recycle_seconds: int = 1800
