@@ -7,6 +7,7 @@ or on Celery workers (see ``worker/``), on the same Redis state, never twice at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from abc import ABC, abstractmethod
@@ -283,7 +284,5 @@ class AbstractService(ABC):
 
     async def _wait(self, seconds: float) -> None:
         assert self._stop_event is not None
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)
-        except TimeoutError:
-            pass

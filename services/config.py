@@ -4,6 +4,7 @@ the field and where the bad value came from."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -102,6 +103,6 @@ def _check(name: str, field: str, raw: Any, source: str) -> float | int:
         value = kind(value)
     except (TypeError, ValueError):
         raise ServiceConfigError(problem) from None
-    if value < lowest or (value == lowest and not inclusive) or value != value:  # NaN too
+    if math.isnan(value) or value < lowest or (value == lowest and not inclusive):
         raise ServiceConfigError(problem)
     return value

@@ -87,8 +87,9 @@ class Registry:
             return
         for name in only:
             if name not in self.specs:
+                unknown = UnknownServiceError(name, self.names(), suggest(name, self.names()))
                 self.errors.append(f"SVC_SERVICES names {name!r}, which is not a discovered "
-                                   f"service: {UnknownServiceError(name, self.names(), suggest(name, self.names()))}")
+                                   f"service: {unknown}")
         self.specs = {name: spec for name, spec in self.specs.items() if name in only}
 
     def names(self) -> list[str]:
@@ -117,7 +118,7 @@ def suggest(name: str, known: Iterable[str]) -> list[str]:
 def _svc_modules(package: str, errors: list[str]) -> list[str]:
     try:
         pkg = importlib.import_module(package)
-    except Exception as exc:  # noqa: BLE001 - reported with the package's name
+    except Exception as exc:
         errors.append(f"package {package!r} (from SVC_PACKAGES) cannot be imported: "
                       f"{type(exc).__name__}: {exc}")
         return []
@@ -133,7 +134,7 @@ def _specs_in(module_name: str, environ: Mapping[str, str] | None,
               errors: list[str]) -> list[ServiceSpec]:
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - a bad file must not stop the others
+    except Exception as exc:
         logger.debug("import of %s failed", module_name, exc_info=True)
         errors.append(f"{_path_of(module_name)}: cannot be imported: {type(exc).__name__}: {exc}")
         return []

@@ -78,11 +78,11 @@ async def run_once(service: AbstractService, kind: str, keeper: LeaseKeeper) -> 
     ticket = decision.ticket
     with logs.bound(service.name, ticket.run_id):
         keeper.track(ticket)
-        service._begin_run(ticket)  # noqa: SLF001 - the runner owns the run lifecycle
+        service._begin_run(ticket)
         error: BaseException | None = None
         try:
             await service.update()
-        except BaseException as exc:  # noqa: BLE001 - recorded, and re-raised below if fatal
+        except BaseException as exc:
             error = exc
             if isinstance(exc, Exception):
                 logger.error("update() failed: %s", describe(exc), exc_info=exc)
@@ -97,12 +97,12 @@ async def run_once(service: AbstractService, kind: str, keeper: LeaseKeeper) -> 
                 store.finish(ticket, error=describe(error), max_failures=service.max_failures,
                              retry_delay_seconds=service.retry_delay_seconds, interrupted=True)
             finally:
-                service._end_run(ticket)  # noqa: SLF001
+                service._end_run(ticket)
             raise error
         try:
-            result = service._finish_run(ticket, error)  # noqa: SLF001
+            result = service._finish_run(ticket, error)
         finally:
-            service._end_run(ticket)  # noqa: SLF001
+            service._end_run(ticket)
         _log_outcome(service, ticket, result)
     return RunReport(decision, error, result)
 

@@ -291,7 +291,8 @@ class StateStore:
         parsed = parse_flag(raw, default)
         if parsed is None:
             logger.error("%s field %s=%r is not a flag (expected 1 or 0); treating it as %s",
-                         self.keys.state(name), flag, raw, "paused" if flag == "paused" else "stopped")
+                         self.keys.state(name), flag, raw,
+                         "paused" if flag == "paused" else "stopped")
             return flag == "paused"
         return parsed
 
@@ -341,7 +342,8 @@ class StateStore:
             try:
                 found[name] = json.loads(text)
             except ValueError:
-                logger.error("%s holds unreadable JSON for %r; ignoring it", self.keys.index(), name)
+                logger.error("%s holds unreadable JSON for %r; ignoring it",
+                             self.keys.index(), name)
         return found
 
 
@@ -362,7 +364,8 @@ def connect_redis(url: str) -> Redis:
         return Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30)
     except ValueError as exc:
-        raise StateUnavailableError(f"REDIS_URL {redact_url(url)!r} is not a Redis URL: {exc}") from exc
+        raise StateUnavailableError(
+            f"REDIS_URL {redact_url(url)!r} is not a Redis URL: {exc}") from exc
 
 
 _default: tuple[int, StateStore] | None = None

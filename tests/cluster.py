@@ -3,6 +3,7 @@ key prefix (state keys and the broker's own keys), and always stopped afterwards
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,7 +64,7 @@ class Cluster:
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.workdir / f"{name}.log"
         with log.open("ab") as out:
-            popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            popen = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "worker", *args],
                 cwd=self.workdir, env={**self.base_env(), **(env or {})},
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -84,7 +85,8 @@ class Cluster:
         return proc
 
     def beat(self, name: str = "beat") -> Proc:
-        return self.spawn(name, ["beat", "-l", "INFO", "-s", str(self.workdir / f"{name}-schedule")])
+        schedule = str(self.workdir / f"{name}-schedule")
+        return self.spawn(name, ["beat", "-l", "INFO", "-s", schedule])
 
     def store(self) -> StateStore:
         return StateStore(connect_redis(self.redis_url), Keys(self.prefix),
@@ -109,10 +111,8 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 self.kill(proc)
         # Leftover pool children of a worker whose parent died.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def logs(self) -> str:
         return "\n".join(f"===== {p.name}\n{p.output()[-4000:]}" for p in self.procs)

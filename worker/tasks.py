@@ -36,7 +36,8 @@ def _task_body(registry: Registry, name: str) -> Any:
     def run_service(task: Task, kind: str = "tick") -> dict[str, object]:
         return execute(task, registry, name, kind)
 
-    run_service.__name__ = run_service.__qualname__ = f"run_{name.replace('.', '_').replace('-', '_')}"
+    identifier = name.replace(".", "_").replace("-", "_")
+    run_service.__name__ = run_service.__qualname__ = f"run_{identifier}"
     run_service.__doc__ = f"Run service {name!r} once, if its guard allows."
     return run_service
 

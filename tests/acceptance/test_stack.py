@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - localhost
+        with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
     except OSError:
         return False
@@ -62,7 +62,7 @@ def test_stack_starts_embedded_redis_runs_services_and_stops_on_ctrl_c(tmp_path,
         assert (tmp_path / "var" / "redis").is_dir()
         stack.send_signal(signal.SIGINT)
         assert stack.wait(timeout=60) is not None
-        gone, alive = psutil.wait_procs(children, timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=30)
         assert not alive, f"left running: {alive}"
         assert not _safe_ping(client)
     finally:
