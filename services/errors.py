@@ -16,7 +16,7 @@ class UnknownServiceError(ServiceError, KeyError):
         self.name = name
         self.known = known
         self.suggestions = suggestions
-        hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
+        hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else "."
         listing = ", ".join(known) if known else "(none registered)"
         super().__init__(f"unknown service {name!r}{hint} Known services: {listing}")
 
