@@ -1,0 +1,357 @@
+"""``svc``: see and change every service from any machine that reaches Redis.
+
+Exit codes: 0 done; 1 the world said no (Redis or the broker unreachable, ``--wait`` timed
+out); 2 the command was wrong (usage, an unknown or malformed service name, a bad setting).
+Settings are read once, here at the edge, and handed down; tests pass their own environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import redis
+import typer
+
+from services import logs
+from services.errors import ServiceConfigError, StateUnavailableError, UnknownServiceError
+from services.settings import load_settings, redact_url
+from worker import cli_render as render
+from worker.ops import InvalidNameError, Operator
+
+app = typer.Typer(
+    name="svc", no_args_is_help=True, add_completion=False,
+    # Expected failures get one clear line below; a traceback means a bug, so keep it plain.
+    pretty_exceptions_enable=False,
+    help="Operate periodic services: status, pause/resume/stop/start, trigger, history, "
+         "metrics.")
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+NamesArg = Annotated[list[str] | None, typer.Argument(help="Service names.", show_default=False)]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every known service.")]
+ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why: kept in the audit record.")]
+WaitOpt = Annotated[bool, typer.Option(
+    "--wait", help="Return only once no run of these services is in progress.")]
+TimeoutOpt = Annotated[float | None, typer.Option(
+    "--timeout", help="Seconds --wait waits (default SVC_WAIT_TIMEOUT_SECONDS).")]
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    render.console(stderr=True).print(f"svc: {message}", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+def edge(command: F) -> F:
+    """Turn the errors an operator can cause or meet into one line and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click_context()
+        try:
+            return command(*args, **kwargs)
+        except (UnknownServiceError, InvalidNameError) as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+        except ServiceConfigError as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+        except StateUnavailableError as exc:
+            raise fail(str(exc), EXIT_FAILED) from None
+        except redis.RedisError as exc:
+            url = redact_url(ctx.obj.settings.redis_url) if ctx and ctx.obj else "?"
+            raise fail(f"Redis at {url} failed: {type(exc).__name__}: {exc}",
+                       EXIT_FAILED) from None
+        except OSError as exc:  # the broker, or a port for svc metrics
+            raise fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def click_context() -> typer.Context | None:
+    import click
+
+    return click.get_current_context(silent=True)  # type: ignore[return-value]
+
+
+@app.callback()
+def setup(ctx: typer.Context) -> None:
+    """Operate periodic services: status, pause/resume/stop/start, trigger, history, metrics.
+
+    Exit codes: 0 done, 1 Redis/broker unreachable or --wait timed out, 2 bad usage or unknown
+    service. Reads REDIS_URL, SVC_KEY_PREFIX, SVC_PACKAGES, SVC_SERVICES and the other settings from
+    the environment (or .env)."""
+    if ctx.obj is None:
+        try:
+            settings = load_settings()
+        except ServiceConfigError as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+        ctx.obj = Operator(settings)
+    ctx.call_on_close(ctx.obj.close)
+    root = logging.getLogger()
+    if not root.handlers:  # a real command line, not a test runner's captured one
+        logs.configure("WARNING", ctx.obj.settings.log_json)
+        # list and status show registry load errors in their output, JSON included.
+        logging.getLogger("services.registry").setLevel(logging.CRITICAL)
+
+
+def operator(ctx: typer.Context) -> Operator:
+    return ctx.obj  # type: ignore[no-any-return]
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+@app.command("list")
+@edge
+def list_services(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Every service at a glance: state, failures, interval, last run, next tick."""
+    show_services(operator(ctx), as_json, detailed=False)
+
+
+@app.command()
+@edge
+def status(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="One service; all when left out.")] = None,
+    rows: Annotated[int, typer.Option("-n", help="Recent runs and changes shown.")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Full status of every service, or one service with its recent runs and changes.
+
+    State (running / paused / stopped and why / backing off until), failures out of max, last
+    run, last success, last error, next tick, lease holder, interval, last change."""
+    op = operator(ctx)
+    if name is None:
+        show_services(op, as_json, detailed=True)
+        return
+    (name,) = op.resolve([name])
+    _, (found,) = op.statuses([name])
+    audit = op.store.audit(name, rows)
+    history = op.store.history(name, rows)
+    if as_json:
+        render.emit_json({"service": found.as_json(), "audit": audit, "history": history,
+                          "registry_errors": op.registry.errors})
+    else:
+        render.print_detail(found, audit, history, op.registry.errors)
+
+
+def show_services(op: Operator, as_json: bool, detailed: bool) -> None:
+    now, found = op.statuses(op.known())
+    if as_json:
+        render.emit_json({"now": now, "services": [s.as_json() for s in found],
+                          "registry_errors": op.registry.errors})
+    elif detailed:
+        render.print_details(found, op.registry.errors)
+    else:
+        render.print_services(found, op.registry.errors)
+
+
+@app.command()
+@edge
+def history(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The service.")],
+    rows: Annotated[int, typer.Option("-n", min=1, help="How many recent runs.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recent runs, newest first: start, duration, outcome, worker, error."""
+    op = operator(ctx)
+    (name,) = op.resolve([name])
+    runs = op.store.history(name, rows)
+    if as_json:
+        render.emit_json(runs)
+    elif runs:
+        render.console().print(render.history_table(runs, op.store.now()))
+    else:
+        render.console().print(f"{name}: no runs recorded yet")
+
+
+@app.command()
+@edge
+def audit(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The service.")],
+    rows: Annotated[int, typer.Option("-n", min=1, help="How many recent changes.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recent operator changes, newest first: what, who, when, why."""
+    op = operator(ctx)
+    (name,) = op.resolve([name])
+    changes = op.store.audit(name, rows)
+    if as_json:
+        render.emit_json(changes)
+    elif changes:
+        render.console().print(render.audit_table(changes, op.store.now()))
+    else:
+        render.console().print(f"{name}: no changes recorded")
+
+
+# -- changing ------------------------------------------------------------------------------
+
+CONTROL_HELP = {
+    "pause": "Pause: no new run starts on any worker until resume (a run in progress may "
+             "finish; --wait returns once it has).",
+    "resume": "Resume paused services.",
+    "stop": "Stop: like pause, but shown as stopped with your reason; undone by start.",
+    "start": "Start stopped services again, clearing their failure count.",
+    "reset": "Clear failures and backoff, and undo a stop caused by max_failures.",
+}
+
+
+def control(ctx: typer.Context, action: str, *, names: list[str] | None, every: bool,
+            reason: str, wait: bool = False, timeout: float | None = None,
+            as_json: bool = False) -> None:
+    op = operator(ctx)
+    if bool(names) == every:
+        raise fail(f"{action}: name one or more services, or give --all", EXIT_USAGE)
+    targets = op.resolve(names or [], every=every)
+    changes = op.control(targets, action, reason)
+    report: dict[str, Any] = {"changes": changes}
+    busy: dict[str, list[Any]] = {}
+    if wait:
+        limit = timeout if timeout is not None else op.settings.wait_timeout_seconds
+        started = time.monotonic()
+        busy = op.wait_idle(targets, limit)
+        report["wait"] = {"idle": not busy, "seconds": round(time.monotonic() - started, 3),
+                          "in_progress": {name: [lease.token for lease in leases]
+                                          for name, leases in busy.items()}}
+    if as_json:
+        render.emit_json(report)
+    else:
+        render.print_changes(changes, op.store.now())
+        if wait and not busy:
+            render.console().print(f"no run in progress ({report['wait']['seconds']}s)")
+    if busy:
+        still = "; ".join(f"{name}: {render.lease_text(leases, op.store.now())}"
+                          for name, leases in busy.items())
+        raise fail(f"--wait timed out; still in progress: {still}", EXIT_FAILED)
+
+
+def waiting_command(action: str) -> Callable[..., None]:
+    """pause and stop keep new runs from starting, so only they can wait for the last one."""
+
+    def command(ctx: typer.Context, names: NamesArg = None, *, every: AllOpt = False,
+                reason: ReasonOpt = "", wait: WaitOpt = False, timeout: TimeoutOpt = None,
+                as_json: JsonOpt = False) -> None:
+        control(ctx, action, names=names, every=every, reason=reason, wait=wait,
+                timeout=timeout, as_json=as_json)
+
+    return command
+
+
+def plain_command(action: str) -> Callable[..., None]:
+    def command(ctx: typer.Context, names: NamesArg = None, *, every: AllOpt = False,
+                reason: ReasonOpt = "", as_json: JsonOpt = False) -> None:
+        control(ctx, action, names=names, every=every, reason=reason, as_json=as_json)
+
+    return command
+
+
+for _action in ("pause", "resume", "stop", "start", "reset"):
+    _factory = waiting_command if _action in ("pause", "stop") else plain_command
+    _fn = edge(_factory(_action))
+    _fn.__name__ = _action
+    _fn.__doc__ = CONTROL_HELP[_action]
+    app.command(_action)(_fn)
+
+
+@app.command()
+@edge
+def trigger(ctx: typer.Context, names: Annotated[list[str], typer.Argument(
+        help="Service names.", show_default=False)], as_json: JsonOpt = False) -> None:
+    """Run now: send a tick outside the schedule; the worker's guard still decides.
+
+    A paused, stopped, backing-off or busy service does not run."""
+    op = operator(ctx)
+    targets = op.resolve(names)
+    _, found = op.statuses(targets)  # also proves Redis answers before the broker is tried
+    sent = op.trigger(targets)
+    report = [{"service": s.name, "task_id": sent[s.name], "state": s.condition,
+               "will_run": s.condition == "running" and not s.leases} for s in found]
+    if as_json:
+        render.emit_json(report)
+        return
+    out = render.console()
+    for row, s in zip(report, found, strict=True):
+        note = "" if row["will_run"] else (
+            f"; note: it is {render.condition_text(s).plain}, so the guard will refuse it")
+        out.print(f"sent {row['service']} (task {row['task_id']}){note}", markup=False)
+
+
+# -- serving and running -------------------------------------------------------------------
+
+
+@app.command()
+@edge
+def metrics(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(help="Port (default SVC_METRICS_PORT).")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Address (default SVC_METRICS_ADDRESS).")] = None,
+    once: Annotated[bool, typer.Option(
+        "--once", help="Print one scrape to stdout and exit.")] = False,
+) -> None:
+    """Serve Prometheus metrics for every service, read from Redis at each scrape."""
+    from worker.metrics import exposition, serve
+
+    op = operator(ctx)
+    if once:
+        sys.stdout.write(exposition(op))
+        return
+    server = serve(op, address or op.settings.metrics_address,
+                   port if port is not None else op.settings.metrics_port)
+    host, bound = server.server_address[:2]
+    render.console().print(f"serving metrics on http://{host}:{bound}/metrics "
+                           f"(Redis {redact_url(op.settings.redis_url)}); Ctrl-C stops",
+                           markup=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@app.command()
+@edge
+def migrate(ctx: typer.Context, revision: Annotated[str, typer.Option(
+        help="Alembic revision to upgrade to.")] = "head") -> None:
+    """Upgrade the database (DATABASE_URL) to the latest schema."""
+    from services.migrate import upgrade
+
+    url = operator(ctx).settings.database_url
+    upgrade(url, revision)
+    render.console().print(f"database {redact_url(url)} upgraded to {revision}", markup=False)
+
+
+@app.command()
+def up() -> None:
+    """Start the whole stack here (Redis if needed, worker, Beat, Flower), like make run.
+
+    Ctrl-C stops everything."""
+    from worker.stack import main as stack_main
+
+    code = stack_main()
+    raise typer.Exit(code if isinstance(code, int) else 0)
+
+
+def main() -> None:
+    """The ``svc`` console script."""
+    # Like ``celery -A``, find SVC_PACKAGES in the directory the command runs in: a console
+    # script's sys.path holds only its own directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    app()

@@ -1,0 +1,165 @@
+"""Prometheus metrics for every service, read from Redis at scrape time.
+
+A custom collector rather than counters kept in this process: the state lives in Redis and is
+written by every worker, so one ``svc metrics`` anywhere sees the whole cluster, and a
+restart of it loses nothing.
+
+Counters and the run-duration histogram come from fields that ``finish_run.lua`` increments in
+each service's hash as it records a run (one ``HINCRBY`` per field, in the same script, so a
+run is counted exactly once and in the same step as its outcome):
+
+- ``runs_<outcome>`` (outcome ``ok`` | ``error`` | ``interrupted``): runs finished so far;
+- ``duration_ms_sum``: their total duration in milliseconds;
+- ``duration_le_<ms>`` / ``duration_le_inf``: how many runs took at most ``<ms>`` and more
+  than the previous bound (one bucket per run; summed here into Prometheus' cumulative ones).
+
+They cannot be derived from the history list: it is capped (``SVC_HISTORY_LENGTH``), so
+counts taken from it would stop rising or even fall, which a counter must never do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from services.errors import ServiceError
+from services.state import ServiceState
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from worker.ops import Operator, ServiceStatus
+
+logger = logging.getLogger("svc.metrics")
+
+PREFIX = "svc"
+OUTCOMES = ("ok", "error", "interrupted")
+# Upper bounds of the duration buckets, in ms. finish_run.lua holds the same list: a run's
+# duration lands in the first bucket whose bound it does not exceed, else in "inf".
+DURATION_BUCKETS_MS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+                       300000, 900000, 3600000)
+
+
+class ServiceCollector(Collector):
+    """Every known service's state, one pipeline per scrape."""
+
+    def __init__(self, op: Operator) -> None:
+        self.op = op
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(f"{PREFIX}_redis_up",
+                               "1 when the last scrape could read service state from Redis.")
+        try:
+            self.op.refresh()  # workers may have registered services since the last scrape
+            _, statuses = self.op.statuses(self.op.known())
+        except (ServiceError, redis.RedisError) as exc:
+            # Scrapes go on reporting that Redis is away rather than failing with a 500.
+            logger.warning("metrics scrape could not read Redis: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from self._families(statuses)
+
+    def _families(self, statuses: list[ServiceStatus]) -> Iterator[Metric]:
+        labels = ["service"]
+        gauges = {
+            "running": "1 unless the service is stopped (by an operator or max_failures).",
+            "paused": "1 while the service is paused.",
+            "backing_off": "1 while the service waits out retry_delay_seconds after a failure.",
+            "failures": "Consecutive failures (the service stops at max_failures).",
+            "max_failures": "Consecutive failures that stop the service.",
+            "interval_seconds": "How often Beat sends the service a tick.",
+            "runs_in_progress": "Runs holding a lease right now.",
+            "state_corrupt_fields": "Fields of the service's hash that are unreadable.",
+        }
+        families = {key: GaugeMetricFamily(f"{PREFIX}_{key}", doc, labels=labels)
+                    for key, doc in gauges.items()}
+        last_success = GaugeMetricFamily(
+            f"{PREFIX}_last_success_timestamp_seconds",
+            "When the last successful run finished (Unix time).", labels=labels)
+        last_finished = GaugeMetricFamily(
+            f"{PREFIX}_last_run_timestamp_seconds",
+            "When the last run finished, whatever its outcome (Unix time).", labels=labels)
+        started = CounterMetricFamily(
+            f"{PREFIX}_runs_started", "Runs the guard let start.", labels=labels)
+        runs = CounterMetricFamily(
+            f"{PREFIX}_runs", "Finished runs by outcome (ok, error, interrupted).",
+            labels=[*labels, "outcome"])
+        duration = HistogramMetricFamily(
+            f"{PREFIX}_run_duration_seconds", "How long update() runs took.", labels=labels)
+        for status in statuses:
+            state: ServiceState = status.state
+            name = [status.name]
+            values = {
+                "running": state.running, "paused": state.paused,
+                "backing_off": status.condition == "backoff", "failures": state.failures,
+                "runs_in_progress": len(status.leases),
+                "state_corrupt_fields": len(state.corrupt),
+            }
+            if status.config is not None:
+                values["max_failures"] = status.config.max_failures
+                values["interval_seconds"] = status.config.interval_seconds
+            for key, value in values.items():
+                families[key].add_metric(name, float(value))
+            if state.last_success_at is not None:
+                last_success.add_metric(name, state.last_success_at)
+            if state.last_finished_at is not None:
+                last_finished.add_metric(name, state.last_finished_at)
+            started.add_metric(name, state.runs)
+            raw = status.raw
+            for outcome in OUTCOMES:
+                runs.add_metric([status.name, outcome], _count(raw, f"runs_{outcome}"))
+            buckets, total_ms = duration_buckets(raw)
+            duration.add_metric(name, buckets, total_ms / 1000)
+        yield from families.values()
+        yield from (last_success, last_finished, started, runs, duration)
+
+
+def duration_buckets(raw: dict[str, str]) -> tuple[list[tuple[str, float]], float]:
+    """Prometheus' cumulative ``(le, count)`` buckets (seconds) and the sum in ms, from the
+    per-bucket counts finish_run.lua keeps."""
+    cumulative = 0
+    buckets = []
+    for bound in DURATION_BUCKETS_MS:
+        cumulative += _count(raw, f"duration_le_{bound}")
+        buckets.append((f"{bound / 1000:g}", cumulative))
+    cumulative += _count(raw, "duration_le_inf")
+    buckets.append(("+Inf", cumulative))
+    return buckets, float(_count(raw, "duration_ms_sum"))
+
+
+def _count(raw: dict[str, str], field: str) -> int:
+    try:
+        return int(float(raw.get(field) or 0))
+    except ValueError:
+        return 0
+
+
+def registry_for(op: Operator) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(op))
+    return registry
+
+
+def exposition(op: Operator) -> str:
+    """One scrape, as the text Prometheus reads."""
+    return generate_latest(registry_for(op)).decode()
+
+
+def serve(op: Operator, address: str, port: int) -> WSGIServer:
+    """Serve ``/metrics`` from a background thread; the caller shuts the server down."""
+    server, _thread = start_http_server(port, address, registry=registry_for(op))
+    return server

@@ -1,0 +1,292 @@
+"""What ``svc`` knows and does, apart from how it prints: which services exist, each one's
+status as one snapshot of Redis, and the operator actions (control, trigger, wait).
+
+Every Redis key comes from :class:`services.keys.Keys` (through the store). Settings are
+given once, at the edge (the CLI's callback), never read here.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any
+
+from services.config import ServiceConfig
+from services.errors import UnknownServiceError
+from services.keys import NAME_PATTERN
+from services.registry import Registry, suggest
+from services.settings import Settings
+from services.state import ServiceState, StateStore
+
+ACTIONS = ("pause", "resume", "stop", "start", "reset")
+WAIT_POLL_SECONDS = 0.2
+
+
+class InvalidNameError(ValueError):
+    """A name that no service could have (the key pattern forbids it)."""
+
+
+def actor() -> str:
+    """``user@host``: who made a change, as the audit record shows it."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name in some containers
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    token: str
+    expires_at: float
+
+    @property
+    def run_id(self) -> str:
+        return self.token.split("@", 1)[0]
+
+    @property
+    def worker(self) -> str:
+        return self.token.split("@", 1)[1] if "@" in self.token else "?"
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One service as an operator sees it, read in one round trip."""
+
+    name: str
+    config: ServiceConfig | None
+    state: ServiceState
+    now: float
+    last_tick_at: float | None
+    leases: tuple[Lease, ...]
+    last_run: dict[str, Any] | None
+    in_registry: bool
+    seen_by_worker: bool
+    raw: dict[str, str] = field(default_factory=dict, repr=False)
+    """The hash as Redis holds it (the metrics read counters from it)."""
+
+    @property
+    def condition(self) -> str:
+        """running | paused | stopped | backoff | corrupt, in the guard's order of checks."""
+        if any(c.startswith(("running=", "paused=")) for c in self.state.corrupt):
+            return "corrupt"
+        if not self.state.running:
+            return "stopped"
+        if self.state.paused:
+            return "paused"
+        if self.state.retry_at is not None and self.state.retry_at > self.now:
+            return "backoff"
+        return "running"
+
+    @property
+    def next_tick_at(self) -> float | None:
+        """Beat sends a tick every interval, so the next one is due one interval after the
+        last one the guard accepted (a paused or stopped service accepts none)."""
+        if self.config is None:
+            return None
+        base = self.last_tick_at or self.state.last_started_at
+        return None if base is None else base + self.config.interval_seconds
+
+    @property
+    def warnings(self) -> list[str]:
+        notes = [f"unreadable field {c} in Redis (treated as the safe default)"
+                 for c in self.state.corrupt]
+        if not self.seen_by_worker:
+            notes.append("no worker has registered this service yet")
+        if not self.in_registry and self.config is not None:
+            notes.append("not found in this machine's registry (known from a worker)")
+        return notes
+
+    def as_json(self) -> dict[str, Any]:
+        state = asdict(self.state)
+        state.pop("name")
+        state["corrupt"] = list(self.state.corrupt)
+        return {
+            "name": self.name,
+            "condition": self.condition,
+            "config": self.config.as_dict() if self.config else None,
+            **state,
+            "max_failures": self.config.max_failures if self.config else None,
+            "interval_seconds": self.config.interval_seconds if self.config else None,
+            "last_tick_at": self.last_tick_at,
+            "next_tick_at": self.next_tick_at,
+            "in_progress": bool(self.leases),
+            "leases": [{"token": lease.token, "run_id": lease.run_id, "worker": lease.worker,
+                        "expires_at": lease.expires_at} for lease in self.leases],
+            "last_run": self.last_run,
+            "in_registry": self.in_registry,
+            "seen_by_worker": self.seen_by_worker,
+            "warnings": self.warnings,
+            "now": self.now,
+        }
+
+
+@dataclass
+class Operator:
+    """What every command needs, made once per invocation from settings given at the edge.
+    The store and the registry are made on first use, so ``svc --help`` touches neither."""
+
+    settings: Settings
+    _closed: bool = field(default=False, repr=False)
+
+    @cached_property
+    def store(self) -> StateStore:
+        return StateStore.from_settings(self.settings)
+
+    @cached_property
+    def registry(self) -> Registry:
+        # Discovery follows these settings, not the process-wide cached ones, so that a test
+        # (or a caller) with another environment sees its own services.
+        return Registry.discover(packages=["services", *self.settings.package_list],
+                                 only=self.settings.service_allowlist)
+
+    @cached_property
+    def registered(self) -> dict[str, dict[str, Any]]:
+        """What workers wrote at start: the cluster's view, which may hold services this
+        machine's code does not have."""
+        return self.store.registered()
+
+    def refresh(self) -> None:
+        """Forget what workers registered, for a long-running reader (svc metrics)."""
+        self.__dict__.pop("registered", None)
+
+    def close(self) -> None:
+        if "store" in self.__dict__ and not self._closed:
+            self.store.client.close()
+        self._closed = True
+
+    # -- names ------------------------------------------------------------------------------
+
+    def known(self) -> list[str]:
+        return sorted(set(self.registry.names()) | set(self.registered))
+
+    def config(self, name: str) -> ServiceConfig | None:
+        if name in self.registry.specs:
+            return self.registry.specs[name].config
+        raw = self.registered.get(name)
+        if raw is None:
+            return None
+        try:
+            return ServiceConfig(**raw)
+        except TypeError:  # written by a newer or older worker: show the service anyway
+            return None
+
+    def resolve(self, names: list[str], every: bool = False) -> list[str]:
+        """The services named (or all with ``every``); unknown or malformed names raise with
+        the closest known names."""
+        known = self.known()
+        if every:
+            return known
+        resolved: list[str] = []
+        for name in names:
+            if not NAME_PATTERN.match(name):
+                close = suggest(name.lower(), known)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise InvalidNameError(
+                    f"service name {name!r} is invalid: expected lowercase letters, digits, "
+                    f"'_', '.' or '-', starting with a letter or digit{hint}")
+            if name not in known:
+                raise UnknownServiceError(name, known, suggest(name, known))
+            if name not in resolved:
+                resolved.append(name)
+        return resolved
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def statuses(self, names: list[str]) -> tuple[float, list[ServiceStatus]]:
+        """Every named service's status from one pipeline: one round trip whatever the count."""
+        keys = self.store.keys
+        # The store's own guard, so a failure reads like every other: URL, password hidden.
+        with self.store._reaching(), self.store.client.pipeline(transaction=False) as pipe:
+            pipe.time()
+            for name in names:
+                pipe.hgetall(keys.state(name))
+                pipe.zrange(keys.lease(name), 0, -1, withscores=True)
+                pipe.lindex(keys.history(name), 0)
+            replies = pipe.execute()
+        seconds, micros = replies[0]
+        now = seconds + micros / 1_000_000
+        found = []
+        for i, name in enumerate(names):
+            raw, leases, last = replies[1 + 3 * i: 4 + 3 * i]
+            found.append(self._status(name, now, raw, leases, last))
+        return now, found
+
+    def _status(self, name: str, now: float, raw: dict[str, str],
+                leases: list[tuple[str, float]], last: str | None) -> ServiceStatus:
+        last_run = None
+        if last:
+            last_run = _json_or_none(last)
+        tick = _float_or_none(raw.get("last_tick_at"))
+        return ServiceStatus(
+            name=name, config=self.config(name), state=ServiceState.from_hash(name, raw),
+            now=now, last_tick_at=tick / 1000 if tick is not None else None,
+            # Members past their expiry belong to crashed runs; the guard ignores them too.
+            leases=tuple(Lease(token, score / 1000) for token, score in leases
+                         if score / 1000 > now),
+            last_run=last_run, in_registry=name in self.registry.specs,
+            seen_by_worker=name in self.registered, raw=raw)
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def control(self, names: list[str], action: str, reason: str) -> list[dict[str, Any]]:
+        """Apply ``action`` to each service; each change lands in its audit list."""
+        if action not in ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
+        who = actor()
+        return [{"service": name, **self.store.control(name, action, who=who, reason=reason)}
+                for name in names]
+
+    def wait_idle(self, names: list[str], timeout: float) -> dict[str, list[Lease]]:
+        """Wait until no run of ``names`` is in progress; returns what is still running when
+        ``timeout`` passes (empty when everything went idle)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = {name: [Lease(t, e) for t, e in self.store.lease_holders(name)]
+                    for name in names}
+            busy = {name: leases for name, leases in busy.items() if leases}
+            if not busy or time.monotonic() >= deadline:
+                return busy
+            time.sleep(WAIT_POLL_SECONDS)
+
+    def trigger(self, names: list[str]) -> dict[str, str]:
+        """Send one ``svc.<name>`` task per name now, marked ``trigger`` so that it skips the
+        duplicate-tick window but still passes the guard (paused, stopped, backoff, lease).
+        Returns the task id of each."""
+        from beat_schedule import task_name, tick_options
+        from worker.sender import make_sender
+
+        configs = {}
+        for name in names:
+            config = self.config(name)
+            if config is None:  # known only from a worker entry nobody can read
+                raise UnknownServiceError(name, self.known(), [])
+            configs[name] = config
+        app = make_sender(self.settings)
+        try:
+            return {name: str(app.send_task(task_name(name), kwargs={"kind": "trigger"},
+                                            **tick_options(config)).id)
+                    for name, config in configs.items()}
+        finally:
+            app.close()
+
+
+def _json_or_none(text: str) -> dict[str, Any] | None:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
