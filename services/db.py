@@ -2,57 +2,84 @@
 
 The engine is made lazily in the process that uses it, so a Celery worker's children each
 build their own after the fork and never share a connection with their parent.
+
+Backends: SQLite (the one-machine default), PostgreSQL (``postgresql+psycopg://``), and
+MySQL/MariaDB where a driver is installed. Every error about the URL itself (malformed, a
+driver that is not installed, a server that does not answer) is a :class:`DatabaseConfigError`
+whose message names the URL with its password hidden.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.errors import DatabaseConfigError
+from services.errors import DatabaseConfigError, SchemaNotMigrated
 from services.settings import Settings, get_settings, redact_url
+
+logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
 _factories: dict[tuple[int, str], sessionmaker[Session]] = {}
+_known_tables: set[tuple[int, str, str]] = set()
+
+MIGRATE_HINT = "run the migrations: `svc migrate` (or `python -m services.migrate upgrade`)"
+
+
+def parse_url(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseConfigError(
+            f"DATABASE_URL {redact_url(url)!r} is not a database URL "
+            f"(expected e.g. sqlite:///var/services.db or postgresql+psycopg://host/db): {exc}"
+        ) from None
 
 
 def create_db_engine(url: str, settings: Settings | None = None) -> Engine:
     """An engine for ``url`` with worker-friendly pool settings, or a
     :class:`DatabaseConfigError` that names the URL (password hidden) and what is wrong."""
     settings = settings or get_settings()
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise DatabaseConfigError(
-            f"DATABASE_URL {redact_url(url)!r} is not a database URL "
-            f"(expected e.g. sqlite:///var/services.db or postgresql+psycopg://host/db): {exc}"
-        ) from None
-    kwargs: dict[str, object] = {"pool_pre_ping": True}
-    if parsed.get_backend_name() == "sqlite":
+    parsed = parse_url(url)
+    backend = parsed.get_backend_name()
+    # pre_ping: a worker idles between ticks, and the server (or a proxy) may have closed
+    # the connection meanwhile; one cheap round trip beats a failed run.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "sqlite":
         _ensure_sqlite_dir(parsed.database)
-        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        kwargs["connect_args"] = {"timeout": settings.db_sqlite_busy_timeout_ms / 1000,
+                                  "check_same_thread": False}
     else:
         kwargs.update(
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_recycle=settings.db_pool_recycle_seconds,
         )
+        if backend in ("postgresql", "mysql", "mariadb"):
+            # Without it a host that drops packets hangs a run for minutes.
+            kwargs["connect_args"] = {"connect_timeout": settings.db_connect_timeout_seconds}
     try:
         engine = create_engine(parsed, **kwargs)
-    except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
+    except (NoSuchModuleError, ImportError) as exc:
         raise DatabaseConfigError(
             f"DATABASE_URL {redact_url(url)!r} needs a driver that is not installed: {exc}. "
-            "Install it (for PostgreSQL: pip install 'periodic-services[postgres]')"
+            "Install it (PostgreSQL: pip install 'periodic-services[postgres]'; "
+            "MySQL/MariaDB: pip install pymysql and use mysql+pymysql://)"
         ) from None
-    if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+    if backend == "sqlite":
+        busy_ms = settings.db_sqlite_busy_timeout_ms
+        event.listen(engine, "connect", lambda conn, _rec: _sqlite_pragmas(conn, busy_ms))
     return engine
 
 
@@ -61,12 +88,12 @@ def _ensure_sqlite_dir(database: str | None) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     # WAL lets readers work beside the one writer SQLite allows; busy_timeout makes writers
-    # queue instead of failing at once.
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    # queue for the write lock instead of failing at once.
+    cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.close()
 
 
@@ -83,10 +110,33 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 def new_session(url: str | None = None) -> Session:
-    """A new session on this process's engine."""
+    """A new session on this process's engine. Nothing commits for you: call ``commit()``."""
     url = url or get_settings().database_url
     get_engine(url)
     return _factories[(os.getpid(), url)]()
+
+
+@contextmanager
+def transaction(url: str | None = None) -> Iterator[Session]:
+    """A session whose work is committed when the block ends, rolled back if it raises, and
+    closed either way: for code outside a service run (an API handler, a script, a test)."""
+    session = new_session(url)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def describe_url(bind: Engine | Connection | Session) -> str:
+    """The URL a bind talks to, password hidden."""
+    engine = bind.get_bind() if isinstance(bind, Session) else bind
+    if isinstance(engine, Connection):
+        engine = engine.engine
+    return engine.url.render_as_string(hide_password=True)
 
 
 def check_connection(url: str | None = None) -> None:
@@ -95,17 +145,38 @@ def check_connection(url: str | None = None) -> None:
     try:
         with engine.connect():
             pass
-    except OperationalError as exc:
+    except DBAPIError as exc:
         raise DatabaseConfigError(
-            f"cannot connect to DATABASE_URL {redact_url(str(engine.url.render_as_string(hide_password=False)))!r}: "
-            f"{exc.orig}") from None
+            f"cannot connect to DATABASE_URL {describe_url(engine)!r}: "
+            f"{str(exc.orig).strip()}") from None
+
+
+def require_tables(session: Session, tables: Iterable[Table | str]) -> None:
+    """Raise :class:`SchemaNotMigrated`, naming the tables and the command that creates them,
+    when any of ``tables`` is missing. A table once seen is not looked up again by this
+    process, so the check costs one catalog query per process, not one per run."""
+    bind = session.connection()
+    url = str(bind.engine.url)
+    names = [t if isinstance(t, str) else t.name for t in tables]
+    todo = [n for n in names if (os.getpid(), url, n) not in _known_tables]
+    if not todo:
+        return
+    inspector = inspect(bind)
+    missing = [n for n in todo if not inspector.has_table(n)]
+    if missing:
+        raise SchemaNotMigrated(
+            f"table{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"do{'' if len(missing) > 1 else 'es'} not exist in {describe_url(bind)}: "
+            f"{MIGRATE_HINT}")
+    _known_tables.update((os.getpid(), url, n) for n in todo)
 
 
 def dispose_engines() -> None:
-    """Close this process's pools (worker shutdown)."""
+    """Close this process's pools (worker shutdown, end of a test)."""
     with _lock:
         for (pid, url), engine in list(_engines.items()):
             if pid == os.getpid():
                 engine.dispose()
                 del _engines[(pid, url)]
                 _factories.pop((pid, url), None)
+        _known_tables.clear()

@@ -32,8 +32,19 @@ class DatabaseConfigError(ServiceError):
     """DATABASE_URL is malformed, names a missing driver, or cannot connect."""
 
 
+class SchemaNotMigrated(DatabaseConfigError):
+    """A table the framework needs does not exist yet: the migrations have not been run."""
+
+
 class RowLockTimeout(ServiceError):
-    """A row lock could not be taken (NOWAIT, or the lock timeout passed)."""
+    """A row lock could not be taken (NOWAIT, or the lock timeout passed). ``table`` and
+    ``key`` name the row; the transaction is still usable (PostgreSQL rolls back to a
+    savepoint), so the caller may try again or give up."""
+
+    def __init__(self, message: str, table: str = "", key: object = None) -> None:
+        super().__init__(message)
+        self.table = table
+        self.key = key
 
 
 class ServiceRunFailed(ServiceError):

@@ -8,6 +8,9 @@ Layout (``<p>`` is ``SVC_KEY_PREFIX``, default ``svc``):
 - ``<p>:<name>:history``  list, newest first: one JSON object per finished run
 - ``<p>:<name>:audit``    list, newest first: one JSON object per operator action
 - ``<p>:_services``       hash: name -> JSON of the service's settings, written by workers
+- ``<p>:outbox:<stream>`` stream: messages the outbox dispatcher delivered
+- ``<p>:outbox:<stream>:delivered`` sorted set: message id -> delivery time (ms), so that a
+  message is added to the stream at most once (trimmed after ``SVC_OUTBOX_DEDUPE_SECONDS``)
 
 Service names match ``[a-z0-9][a-z0-9_.-]*``, so no name can reach another service's keys
 or the ``_services`` index.
@@ -52,6 +55,12 @@ class Keys:
     def for_service(self, name: str) -> tuple[str, str, str]:
         """state, lease and history: the keys every run script takes."""
         return self.state(name), self.lease(name), self.history(name)
+
+    def outbox_stream(self, stream: str) -> str:
+        return f"{self.prefix}:outbox:{stream}"
+
+    def outbox_delivered(self, stream: str) -> str:
+        return f"{self.prefix}:outbox:{stream}:delivered"
 
     def pattern(self) -> str:
         """A SCAN pattern for every key under this prefix."""

@@ -70,8 +70,42 @@ class Settings(BaseSettings):
     wait_timeout_seconds: float = Field(60.0, gt=0)
     """SVC_WAIT_TIMEOUT_SECONDS: how long ``svc pause|stop --wait`` waits by default."""
     db_pool_size: int = Field(5, ge=1)
+    """SVC_DB_POOL_SIZE: connections each worker process keeps open (not SQLite)."""
     db_max_overflow: int = Field(5, ge=0)
     db_pool_recycle_seconds: int = 1800
+    db_connect_timeout_seconds: int = Field(10, ge=1)
+    """SVC_DB_CONNECT_TIMEOUT_SECONDS: a database that does not answer fails after this."""
+    db_sqlite_busy_timeout_ms: int = Field(30000, ge=0)
+    """SVC_DB_SQLITE_BUSY_TIMEOUT_MS: how long a SQLite writer queues for the write lock."""
+
+    # The outbox (services/SVC_OutboxDispatcher.py) and its cleanup; see docs/database.md.
+    outbox_stream: str = Field("outbox", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    """SVC_OUTBOX_STREAM: messages go to the Redis stream ``<prefix>:outbox:<stream>``."""
+    outbox_stream_maxlen: int = Field(0, ge=0)
+    """SVC_OUTBOX_STREAM_MAXLEN: approximate cap of the stream; 0 keeps every entry."""
+    outbox_http_url: str | None = None
+    """SVC_OUTBOX_HTTP_URL: POST each message here instead of the Redis stream."""
+    outbox_http_timeout_seconds: float = Field(10.0, gt=0)
+    outbox_batch_size: int = Field(100, ge=1, le=10000)
+    """SVC_OUTBOX_BATCH_SIZE: rows claimed per transaction."""
+    outbox_claim_timeout_seconds: float = Field(60.0, gt=0)
+    """SVC_OUTBOX_CLAIM_TIMEOUT_SECONDS: a claimed row no run settled is claimable again after
+    this (a worker died mid-batch); keep it well above the time one batch takes."""
+    outbox_max_attempts: int = Field(10, ge=1)
+    """SVC_OUTBOX_MAX_ATTEMPTS: after this many failed deliveries a message is ``dead``."""
+    outbox_retry_base_seconds: float = Field(2.0, ge=0)
+    outbox_retry_max_seconds: float = Field(600.0, ge=0)
+    outbox_run_budget_seconds: float = Field(20.0, gt=0)
+    """SVC_OUTBOX_RUN_BUDGET_SECONDS: one run drains batches for at most about this long."""
+    outbox_dedupe_seconds: float = Field(7 * 86400.0, gt=0)
+    """SVC_OUTBOX_DEDUPE_SECONDS: how long a delivered message id is remembered, so that a
+    re-claimed message is never added to the stream twice."""
+    outbox_retention_seconds: float = Field(7 * 86400.0, ge=0)
+    """SVC_OUTBOX_RETENTION_SECONDS: sent messages older than this are deleted by
+    ``expired_rows_cleanup``."""
+    cleanup_batch_size: int = Field(1000, ge=1, le=100000)
+    """SVC_CLEANUP_BATCH_SIZE: rows deleted per (short) transaction."""
+    cleanup_run_budget_seconds: float = Field(20.0, gt=0)
 
     @field_validator("key_prefix")
     @classmethod

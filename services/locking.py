@@ -1,0 +1,296 @@
+"""Row-level locking helpers: claim rows without waiting for each other, lock one row.
+
+- :class:`Claim` / :func:`claim_rows`: take up to N rows nobody else holds and change their
+  state in the same statement, so concurrent claimers (runs of a service with
+  ``max_concurrent_runs > 1``, on any number of workers) always get disjoint rows.
+- :func:`lock_row`: lock one row ``FOR UPDATE`` (optionally ``NOWAIT`` or with a timeout),
+  raising :class:`~services.errors.RowLockTimeout` that names the row when it cannot.
+- :func:`delete_rows`: delete up to N matching rows nobody holds, without waiting.
+
+What each backend promises:
+
+- **PostgreSQL**: ``UPDATE ... WHERE pk IN (SELECT pk ... FOR UPDATE SKIP LOCKED LIMIT n)
+  RETURNING ...``: one round trip; rows locked by any other transaction (another claimer, an
+  API request holding ``FOR UPDATE``) are skipped, never waited for.
+- **MySQL 8 / MariaDB 10.6+**: the same ``SELECT ... FOR UPDATE SKIP LOCKED``, then an
+  ``UPDATE ... WHERE pk IN (...)`` and a re-read in the same transaction (neither has
+  ``UPDATE ... RETURNING``).
+- **SQLite** has no row locks, but it serialises writers: one connection at a time holds the
+  database's write lock, until it commits. A claim is a single ``UPDATE ... RETURNING``
+  statement, which runs entirely under that lock, so two claimers can never take the same
+  row; they take turns instead of working side by side. :func:`lock_row` takes the write lock
+  itself (a no-op ``UPDATE`` of the row), so "nobody changes this row until I commit" holds
+  by locking out every other writer; ``NOWAIT`` and timeouts apply to that lock. Keep such
+  transactions short on SQLite.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Integer,
+    Row,
+    Table,
+    bindparam,
+    delete,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
+
+from services.errors import DatabaseConfigError, RowLockTimeout
+
+logger = logging.getLogger(__name__)
+
+LIMIT_PARAM = "claim_limit"
+_PG_LOCK_NOT_AVAILABLE = "55P03"
+_MYSQL_LOCK_ERRORS = (1205, 3572)  # lock wait timeout exceeded; NOWAIT lock not available
+
+
+def table_of(target: Any) -> Table:
+    """The Table behind a Table or an ORM-mapped class."""
+    if isinstance(target, Table):
+        return target
+    table = getattr(inspect(target), "local_table", None)
+    if not isinstance(table, Table):
+        raise TypeError(f"expected a Table or a mapped class, got {target!r}")
+    return table
+
+
+def primary_key(table: Table) -> Column[Any]:
+    columns = list(table.primary_key.columns)
+    if len(columns) != 1:
+        raise ValueError(f"table {table.name}: the locking helpers need a single-column "
+                         f"primary key, it has {len(columns)}")
+    return columns[0]
+
+
+def _dialect_name(session: Session) -> str:
+    return session.connection().dialect.name
+
+
+def _one_statement(session: Session) -> bool:
+    """Whether claims can be one ``UPDATE ... RETURNING`` (PostgreSQL, SQLite >= 3.35)."""
+    dialect = session.connection().dialect
+    if dialect.name == "sqlite" and not dialect.update_returning:
+        # Without RETURNING, a SQLite claim would read before it takes the write lock.
+        raise DatabaseConfigError("claiming rows on SQLite needs SQLite >= 3.35 "
+                                  "(UPDATE ... RETURNING)")
+    return bool(dialect.update_returning)
+
+
+class Claim:
+    """A claim prepared once and run many times (statements are built once per backend).
+
+    ``where`` selects the claimable rows and ``values`` is the state change (both may use
+    ``bindparam("name")``, given at call time); ``order_by`` defaults to the primary key;
+    ``returning`` defaults to every column. Calling it returns the claimed rows, as they are
+    after the change; the caller commits (or rolls back, which releases the rows).
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        *,
+        where: ColumnElement[bool],
+        values: Mapping[str, Any],
+        order_by: Sequence[Any] | None = None,
+        returning: Sequence[Any] | None = None,
+    ) -> None:
+        self.table = table_of(target)
+        self.pk = primary_key(self.table)
+        self.where = where
+        self.values = dict(values)
+        self.order_by = tuple(order_by) if order_by is not None else (self.pk,)
+        self.returning = tuple(returning) if returning is not None else tuple(self.table.c)
+        limit = bindparam(LIMIT_PARAM, type_=Integer)
+        self._pick = (select(self.pk).where(self.where).order_by(*self.order_by)
+                      .limit(limit).with_for_update(skip_locked=True))
+        self._statement: Update = (update(self.table).where(self.pk.in_(self._pick))
+                                   .values(self.values).returning(*self.returning))
+
+    def __call__(self, session: Session, limit: int, **params: Any) -> list[Row[Any]]:
+        if limit < 1:
+            raise ValueError(f"claim limit must be >= 1, got {limit}")
+        if _one_statement(session):
+            return list(session.execute(self._statement, {LIMIT_PARAM: limit, **params}))
+        return self._claim_in_steps(session, limit, params)
+
+    def _claim_in_steps(self, session: Session, limit: int,
+                        params: Mapping[str, Any]) -> list[Row[Any]]:
+        # MySQL/MariaDB: the rows stay locked by this transaction from the SELECT on, so the
+        # UPDATE and the re-read see exactly the rows this claim took.
+        ids = list(session.execute(self._pick, {LIMIT_PARAM: limit, **params}).scalars())
+        if not ids:
+            return []
+        session.execute(update(self.table).where(self.pk.in_(ids)).values(self.values),
+                        dict(params))
+        rows = session.execute(select(*self.returning).where(self.pk.in_(ids))
+                               .order_by(*self.order_by))
+        return list(rows)
+
+
+def claim_rows(
+    session: Session,
+    target: Any,
+    *,
+    where: ColumnElement[bool],
+    values: Mapping[str, Any],
+    limit: int,
+    order_by: Sequence[Any] | None = None,
+    returning: Sequence[Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> list[Row[Any]]:
+    """Claim up to ``limit`` rows of ``target`` matching ``where`` that no other transaction
+    holds, apply ``values`` to them, and return them (after the change). Never waits for a
+    row another transaction has locked. See :class:`Claim` to prepare a claim run often."""
+    claim = Claim(target, where=where, values=values, order_by=order_by, returning=returning)
+    return claim(session, limit, **(params or {}))
+
+
+def delete_rows(
+    session: Session,
+    target: Any,
+    *,
+    where: ColumnElement[bool],
+    limit: int,
+    order_by: Sequence[Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> int:
+    """Delete up to ``limit`` rows matching ``where`` that no other transaction holds, and
+    return how many went. Commit after each call to keep every lock short."""
+    table = table_of(target)
+    pk = primary_key(table)
+    pick = (select(pk).where(where).order_by(*(order_by or (pk,))).limit(limit)
+            .with_for_update(skip_locked=True))
+    if _dialect_name(session) in ("mysql", "mariadb"):
+        # MySQL refuses a DELETE whose subquery reads the same table (error 1093).
+        ids = list(session.execute(pick, dict(params or {})).scalars())
+        if not ids:
+            return 0
+        return session.execute(delete(table).where(pk.in_(ids))).rowcount  # type: ignore[attr-defined]
+    result = session.execute(delete(table).where(pk.in_(pick)), dict(params or {}))
+    return result.rowcount  # type: ignore[attr-defined]
+
+
+def lock_row(
+    session: Session,
+    target: Any,
+    key: Any,
+    *,
+    nowait: bool = False,
+    timeout: float | None = None,
+) -> Any:
+    """Lock the row of ``target`` whose primary key is ``key`` until the transaction ends,
+    and return it (an ORM object for a mapped class, a Row for a Table; None if there is no
+    such row). ``nowait`` fails at once if another transaction holds it; ``timeout`` (seconds)
+    fails after waiting that long; both raise :class:`RowLockTimeout` naming the row, and
+    leave the transaction usable. Without either, it waits as long as the database lets it.
+    """
+    if nowait and timeout is not None:
+        raise ValueError("give nowait or timeout, not both")
+    table = table_of(target)
+    pk = primary_key(table)
+    mapped = not isinstance(target, Table)
+    dialect = _dialect_name(session)
+    where = f"{table.name}.{pk.name}={key!r}"
+    try:
+        if dialect == "sqlite":
+            with _sqlite_write_lock(session, table, pk, key, nowait=nowait, timeout=timeout):
+                pass
+            return _read(session, target, pk, key, mapped, lock=False, nowait=False)
+        if dialect == "postgresql":
+            # A failed lock aborts a PostgreSQL transaction; the savepoint keeps it usable.
+            with session.begin_nested(), _pg_lock_timeout(session, timeout):
+                return _read(session, target, pk, key, mapped, lock=True, nowait=nowait)
+        with _mysql_lock_timeout(session, timeout):
+            return _read(session, target, pk, key, mapped, lock=True, nowait=nowait)
+    except DBAPIError as exc:
+        if not _is_lock_failure(dialect, exc):
+            raise
+        if nowait:
+            message = f"row {where} is locked by another transaction (NOWAIT)"
+        else:
+            message = (f"could not lock row {where} within {timeout}s: another transaction "
+                       "holds it")
+        if dialect == "sqlite":
+            message += ("; SQLite has no row locks, so this waited for the database's write "
+                        "lock, which another connection holds")
+        raise RowLockTimeout(message, table.name, key) from exc
+
+
+def _read(session: Session, target: Any, pk: Column[Any], key: Any, mapped: bool, *,
+          lock: bool, nowait: bool) -> Any:
+    stmt = select(target).where(pk == key)
+    if lock:
+        stmt = stmt.with_for_update(nowait=nowait)
+    if mapped:
+        # populate_existing: an object already in the session gets the locked row's values.
+        return session.execute(stmt.execution_options(populate_existing=True)).scalars().first()
+    return session.execute(stmt).first()
+
+
+@contextmanager
+def _pg_lock_timeout(session: Session, timeout: float | None) -> Iterator[None]:
+    if timeout is None:
+        yield
+        return
+    wanted = f"{max(1, math.ceil(timeout * 1000))}ms"
+    old = session.execute(text("SELECT current_setting('lock_timeout'), "
+                               "set_config('lock_timeout', :v, true)"), {"v": wanted}).scalar()
+    yield
+    session.execute(text("SELECT set_config('lock_timeout', :v, true)"), {"v": old})
+
+
+@contextmanager
+def _mysql_lock_timeout(session: Session, timeout: float | None) -> Iterator[None]:
+    if timeout is None:
+        yield
+        return
+    old = session.execute(text("SELECT @@SESSION.innodb_lock_wait_timeout")).scalar()
+    session.execute(text("SET SESSION innodb_lock_wait_timeout = :v"),
+                    {"v": max(1, math.ceil(timeout))})  # whole seconds, at least 1
+    try:
+        yield
+    finally:
+        session.execute(text("SET SESSION innodb_lock_wait_timeout = :v"), {"v": old})
+
+
+@contextmanager
+def _sqlite_write_lock(session: Session, table: Table, pk: Column[Any], key: Any, *,
+                       nowait: bool, timeout: float | None) -> Iterator[None]:
+    """Take SQLite's write lock (held until commit) with a no-op UPDATE of the row; for
+    NOWAIT or a timeout, the connection's busy timeout is set for that one statement."""
+    conn = session.connection()
+    wait_ms = 0 if nowait else (None if timeout is None else max(1, int(timeout * 1000)))
+    old = conn.exec_driver_sql("PRAGMA busy_timeout").scalar() if wait_ms is not None else None
+    if wait_ms is not None:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={wait_ms}")
+    try:
+        session.execute(update(table).where(pk == key).values({pk.name: pk}))
+        yield
+    finally:
+        if old is not None:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={int(old)}")
+
+
+def _is_lock_failure(dialect: str, exc: DBAPIError) -> bool:
+    orig = exc.orig
+    if dialect == "postgresql":
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        return code == _PG_LOCK_NOT_AVAILABLE
+    if dialect == "sqlite":
+        return "locked" in str(orig)
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] in _MYSQL_LOCK_ERRORS

@@ -1,0 +1,122 @@
+"""Schema migrations of the framework's own tables, usable from code, ``svc migrate`` and
+``make run``:
+
+    from services import migrate
+    migrate.upgrade()                 # DATABASE_URL, to the newest revision
+    migrate.downgrade(url, "base")    # remove every svc_* table
+    migrate.current(url)              # the revision the database is at, or None
+
+or ``python -m services.migrate upgrade|downgrade|current [revision] [--url URL]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from services.db import create_db_engine, parse_url
+from services.errors import DatabaseConfigError
+from services.settings import get_settings, redact_url
+
+logger = logging.getLogger(__name__)
+
+SCRIPT_LOCATION = "services:migrations"
+VERSION_TABLE = "svc_alembic_version"
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration for the framework's migrations (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    return config
+
+
+def head() -> str:
+    """The newest revision the code knows."""
+    revision = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert revision is not None
+    return revision
+
+
+@contextmanager
+def _connected(url: str | None) -> Iterator[Connection]:
+    url = url or get_settings().database_url
+    parse_url(url)  # a malformed URL fails here, password hidden
+    engine = create_db_engine(url)
+    try:
+        try:
+            connection = engine.connect()
+        except DBAPIError as exc:
+            raise DatabaseConfigError(
+                f"cannot connect to DATABASE_URL {redact_url(url)!r} to migrate: "
+                f"{str(exc.orig).strip()}") from None
+        with connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def _run(url: str | None, action: str, revision: str) -> None:
+    with _connected(url) as connection:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        getattr(command, action)(config, revision)
+        connection.commit()
+        where = connection.engine.url.render_as_string(hide_password=True)
+        logger.info("%s %s: now at %s", where, action, _revision_of(connection) or "base")
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> None:
+    """Bring the database at ``url`` (default ``DATABASE_URL``) up to ``revision``."""
+    _run(url, "upgrade", revision)
+
+
+def downgrade(url: str | None = None, revision: str = "base") -> None:
+    """Take the database back to ``revision`` (``base`` drops every table made here)."""
+    _run(url, "downgrade", revision)
+
+
+def current(url: str | None = None) -> str | None:
+    """The revision the database is at; None before the first migration."""
+    with _connected(url) as connection:
+        return _revision_of(connection)
+
+
+def _revision_of(connection: Connection) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.migrate",
+                                     description="Migrate the framework's tables (svc_*).")
+    parser.add_argument("action", choices=["upgrade", "downgrade", "current"])
+    parser.add_argument("revision", nargs="?", help="default: head (upgrade), base (downgrade)")
+    parser.add_argument("--url", help="default: DATABASE_URL")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.action == "current":
+            print(current(args.url) or "base (no migration applied)")
+        elif args.action == "upgrade":
+            upgrade(args.url, args.revision or "head")
+        else:
+            downgrade(args.url, args.revision or "base")
+    except DatabaseConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
