@@ -1,0 +1,3 @@
+"""Fails at import on purpose."""
+
+raise RuntimeError("broken on purpose for the operator tests")
