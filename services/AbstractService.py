@@ -168,10 +168,14 @@ class AbstractService(ABC):
         self.state.control(self.name, "start", who=self._actor(), reason=reason)
 
     def stop(self, reason: str = "") -> None:
-        """Stop on every worker; a local ``run_service_loop()`` ends promptly."""
-        self.state.control(self.name, "stop", who=self._actor(), reason=reason)
-        if self._loop is not None and self._stop_event is not None:
-            self._loop.call_soon_threadsafe(self._stop_event.set)
+        """Stop on every worker; a local ``run_service_loop()`` ends promptly (even when Redis
+        cannot be reached to record the stop, which then raises)."""
+        try:
+            self.state.control(self.name, "stop", who=self._actor(), reason=reason)
+        finally:
+            loop, event = self._loop, self._stop_event
+            if loop is not None and event is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(event.set)
 
     def pause(self, reason: str = "") -> None:
         self.state.control(self.name, "pause", who=self._actor(), reason=reason)
@@ -242,8 +246,11 @@ class AbstractService(ABC):
         (and the same guard) as the Celery workers; then ``cleanup()``."""
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        with logs.bound(self.name):
-            await self._loop_until_stopped()
+        try:
+            with logs.bound(self.name):
+                await self._loop_until_stopped()
+        finally:  # a later stop() has no loop to wake
+            self._loop = self._stop_event = None
 
     async def _loop_until_stopped(self) -> None:
         assert self._stop_event is not None

@@ -76,7 +76,13 @@ def resolve_config(
 ) -> ServiceConfig:
     """Class attributes, overridden by ``explicit`` (constructor arguments), overridden by the
     environment. Raises :class:`ServiceConfigError` naming the service, field and source."""
-    name = validate_name(name) if name else service_name_for(cls)
+    if name:
+        try:
+            name = validate_name(name)
+        except ValueError as exc:
+            raise ServiceConfigError(f"{cls.__qualname__} (argument name): {exc}") from None
+    else:
+        name = service_name_for(cls)
     values: dict[str, Any] = {}
     for field in _RULES:
         source = f"{cls.__qualname__}.{field}"

@@ -21,7 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+# \Z, not $: $ also matches before a trailing newline, which would let "name\n" through.
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*\Z")
 
 
 def validate_name(name: str) -> str:

@@ -42,6 +42,8 @@ class ServiceSpec:
 class Registry:
     specs: dict[str, ServiceSpec] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    environ: Mapping[str, str] | None = None
+    """The environment the specs were resolved from; ``build()`` resolves from it too."""
 
     @classmethod
     def discover(
@@ -58,7 +60,7 @@ class Registry:
             packages = ["services", *settings.package_list]
         if only is None:
             only = settings.service_allowlist
-        registry = cls()
+        registry = cls(environ=environ)
         found: list[ServiceSpec] = []
         for package in packages:
             for module_name in _svc_modules(package, registry.errors):
@@ -104,6 +106,7 @@ class Registry:
     def build(self, name: str, **kwargs: Any) -> AbstractService:
         """A new instance (``_configure_service()`` runs now)."""
         spec = self.get(name)
+        kwargs.setdefault("environ", self.environ)
         return spec.cls(name=spec.name, **kwargs)
 
     def configs(self) -> dict[str, dict[str, Any]]:

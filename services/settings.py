@@ -26,6 +26,7 @@ SERVICE_OVERRIDE_FIELDS = (
     "retry_delay_seconds",
     "max_concurrent_runs",
 )
+_QUERY_PASSWORD = re.compile(r"(?i)((?:^|&)password=)[^&]*")
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:{}-]*$")
 
 
@@ -176,13 +177,17 @@ def service_overrides(
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for error messages and logs."""
+    """The URL with its password (in the netloc or a ``password=`` query parameter, which
+    redis-py also reads) replaced by ``***``, for error messages and logs."""
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
+    if password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
+    if password is None and query == parts.query:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    return urlunsplit(parts._replace(query=query))

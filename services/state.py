@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import uuid
@@ -142,10 +143,13 @@ def _number(raw: Mapping[str, str], key: str, corrupt: list[str]) -> float | Non
     if value in (None, ""):
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
+        number = math.nan
+    if not math.isfinite(number):  # nan and inf are no count and no time either
         corrupt.append(f"{key}={value}")
         return None
+    return number
 
 
 class StateStore:
@@ -263,7 +267,10 @@ class StateStore:
         with self._reaching():
             raw = self.client.hget(self.keys.state(name), "failures")
         try:
-            return int(float(raw or 0))
+            value = float(raw or 0)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return int(value)
         except ValueError:
             logger.error("%s field failures=%r is not a number; treating it as 0",
                          self.keys.state(name), raw)

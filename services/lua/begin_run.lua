@@ -35,7 +35,11 @@ end
 local function number(field, value)
   if not value or value == '' then return nil end
   local n = tonumber(value)
-  if n == nil then table.insert(warnings, field .. '=' .. value) end
+  -- tonumber() accepts 'nan' and 'inf', which no count or time can be
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then
+    table.insert(warnings, field .. '=' .. value)
+    return nil
+  end
   return n
 end
 

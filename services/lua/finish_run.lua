@@ -20,6 +20,13 @@
 --   seq = 0 records an outcome that belongs to no leased run (AbstractService._handle_failure
 --   called outside a run): it is never superseded.
 
+-- A count as Redis holds it; unreadable, 'nan' or 'inf' (which tonumber() accepts) is 0.
+local function count(value)
+  local n = tonumber(value or '0')
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then return 0 end
+  return n
+end
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local token, seq, outcome, err = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
@@ -29,7 +36,7 @@ local history_len, started, worker = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[
 local expiry = redis.call('ZSCORE', KEYS[2], token)
 local lease_lost = (not expiry) or tonumber(expiry) < now
 redis.call('ZREM', KEYS[2], token)
-local runs = tonumber(redis.call('HGET', KEYS[1], 'runs') or '0') or 0
+local runs = count(redis.call('HGET', KEYS[1], 'runs'))
 local superseded = lease_lost and seq > 0 and runs > seq
 if seq == 0 then lease_lost = false end
 local finished = string.format('%.3f', now / 1000)
@@ -45,7 +52,7 @@ if not superseded then
   elseif outcome == 'interrupted' then
     redis.call('HSET', KEYS[1], 'last_finished_at', finished)
   else
-    failures = (tonumber(redis.call('HGET', KEYS[1], 'failures') or '0') or 0) + 1
+    failures = count(redis.call('HGET', KEYS[1], 'failures')) + 1
     redis.call('HSET', KEYS[1], 'failures', failures, 'last_finished_at', finished,
       'last_error', err, 'last_error_at', finished)
     if failures >= max_failures then
