@@ -62,7 +62,7 @@ def table_of(target: Any) -> Table:
     """The Table behind a Table or an ORM-mapped class."""
     if isinstance(target, Table):
         return target
-    table = getattr(inspect(target), "local_table", None)
+    table = getattr(inspect(target, raiseerr=False), "local_table", None)
     if not isinstance(table, Table):
         raise TypeError(f"expected a Table or a mapped class, got {target!r}")
     return table
@@ -207,8 +207,7 @@ def lock_row(
     where = f"{table.name}.{pk.name}={key!r}"
     try:
         if dialect == "sqlite":
-            with _sqlite_write_lock(session, table, pk, key, nowait=nowait, timeout=timeout):
-                pass
+            _sqlite_write_lock(session, table, pk, key, nowait=nowait, timeout=timeout)
             return _read(session, target, pk, key, mapped, lock=False, nowait=False)
         if dialect == "postgresql":
             # A failed lock aborts a PostgreSQL transaction; the savepoint keeps it usable.
@@ -225,8 +224,8 @@ def lock_row(
             message = (f"could not lock row {where} within {timeout}s: another transaction "
                        "holds it")
         if dialect == "sqlite":
-            message += ("; SQLite has no row locks, so this waited for the database's write "
-                        "lock, which another connection holds")
+            message += ("; SQLite has no row locks: the lock taken is the database's write "
+                        "lock, and another connection holds it")
         raise RowLockTimeout(message, table.name, key) from exc
 
 
@@ -267,19 +266,27 @@ def _mysql_lock_timeout(session: Session, timeout: float | None) -> Iterator[Non
         session.execute(text("SET SESSION innodb_lock_wait_timeout = :v"), {"v": old})
 
 
-@contextmanager
 def _sqlite_write_lock(session: Session, table: Table, pk: Column[Any], key: Any, *,
-                       nowait: bool, timeout: float | None) -> Iterator[None]:
+                       nowait: bool, timeout: float | None) -> None:
     """Take SQLite's write lock (held until commit) with a no-op UPDATE of the row; for
     NOWAIT or a timeout, the connection's busy timeout is set for that one statement."""
     conn = session.connection()
+    raw = conn.connection.dbapi_connection
+    # Python's sqlite3 opens a transaction only before a write, so either this connection
+    # already holds the write lock (and cannot fail here) or it holds nothing yet.
+    had_transaction = bool(getattr(raw, "in_transaction", True))
     wait_ms = 0 if nowait else (None if timeout is None else max(1, int(timeout * 1000)))
     old = conn.exec_driver_sql("PRAGMA busy_timeout").scalar() if wait_ms is not None else None
     if wait_ms is not None:
         conn.exec_driver_sql(f"PRAGMA busy_timeout={wait_ms}")
     try:
         session.execute(update(table).where(pk == key).values({pk.name: pk}))
-        yield
+    except DBAPIError:
+        # End the empty transaction the failed write opened: left open, the next read would
+        # pin a snapshot and every later write attempt would fail at once (SQLITE_BUSY_SNAPSHOT).
+        if not had_transaction and raw is not None and raw.in_transaction:
+            raw.rollback()
+        raise
     finally:
         if old is not None:
             conn.exec_driver_sql(f"PRAGMA busy_timeout={int(old)}")

@@ -1,0 +1,105 @@
+"""Bad DATABASE_URLs and missing tables get clear errors, with the password hidden."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from services import db, migrate
+from services.errors import DatabaseConfigError, SchemaNotMigrated
+from services.lease import LeaseKeeper
+from services.runner import run_once
+from services.state import StateStore
+from services.SVC_ExpiredRowsCleanup import ExpiredRowsCleanup
+from services.SVC_OutboxDispatcher import OutboxDispatcher
+from tests.db.conftest import schema_url
+
+SECRET = "s3cr3t-pw"
+
+
+def assert_redacted(message: str) -> None:
+    assert SECRET not in message, message
+    assert "***" in message, message
+
+
+def test_a_driver_that_is_not_installed() -> None:
+    if importlib.util.find_spec("pymysql") is not None:
+        pytest.skip("pymysql is installed here")
+    with pytest.raises(DatabaseConfigError, match="driver that is not installed") as caught:
+        db.create_db_engine(f"mysql+pymysql://app:{SECRET}@127.0.0.1/app")
+    assert_redacted(str(caught.value))
+    assert "pymysql" in str(caught.value)
+
+
+def test_an_unknown_database_kind() -> None:
+    with pytest.raises(DatabaseConfigError, match="driver that is not installed") as caught:
+        db.create_db_engine(f"nosuchdb://app:{SECRET}@127.0.0.1/app")
+    assert_redacted(str(caught.value))
+
+
+def test_not_a_url() -> None:
+    with pytest.raises(DatabaseConfigError, match="is not a database URL"):
+        db.create_db_engine("just some words")
+
+
+def test_a_server_that_does_not_answer() -> None:
+    url = f"postgresql+psycopg://app:{SECRET}@127.0.0.1:1/app"
+    try:
+        with pytest.raises(DatabaseConfigError, match="cannot connect") as caught:
+            db.check_connection(url)
+        assert_redacted(str(caught.value))
+        with pytest.raises(DatabaseConfigError, match="cannot connect") as caught:
+            migrate.upgrade(url)
+        assert_redacted(str(caught.value))
+    finally:
+        db.dispose_engines()
+
+
+@pytest.mark.postgres
+def test_a_database_that_does_not_exist(postgres_url: str) -> None:
+    url = make_url(postgres_url).set(password=SECRET, database="no_such_database_here")
+    text_url = url.render_as_string(hide_password=False)
+    try:
+        with pytest.raises(DatabaseConfigError, match="no_such_database_here") as caught:
+            db.check_connection(text_url)
+        assert_redacted(str(caught.value))
+    finally:
+        db.dispose_engines()
+
+
+@pytest.mark.postgres
+def test_missing_tables_name_the_command_that_creates_them(pg_url: str) -> None:
+    # Trust authentication ignores the password, so this connects, and the message must
+    # still not show it.
+    url = make_url(pg_url).set(password=SECRET).render_as_string(hide_password=False)
+    with db.transaction(url) as session, pytest.raises(SchemaNotMigrated) as caught:
+        db.require_tables(session, ["svc_outbox"])
+    message = str(caught.value)
+    assert "svc_outbox" in message and "svc migrate" in message
+    assert_redacted(message)
+
+
+@pytest.mark.parametrize("service_class", [OutboxDispatcher, ExpiredRowsCleanup])
+def test_a_service_on_an_unmigrated_database_fails_clearly_and_counts_it(
+        service_class: type, sqlite_url: str, store: StateStore) -> None:
+    session = db.new_session(sqlite_url)
+    service = service_class(state=store, db=session)
+    keeper = LeaseKeeper(store)
+    try:
+        report = asyncio.run(run_once(service, "trigger", keeper))
+    finally:
+        keeper.close()
+        session.close()
+    assert report.failed, "a missing table is the run's failure, not a crash"
+    assert isinstance(report.error, SchemaNotMigrated)
+    state = store.read(service.name)
+    assert state.failures == 1
+    assert "svc_outbox" in (state.last_error or "") and "svc migrate" in (state.last_error or "")
+
+
+def test_schema_url_keeps_the_schema_in_the_options() -> None:
+    url = schema_url("postgresql+psycopg://u@h/db", "abc")
+    assert make_url(url).query["options"] == "-csearch_path=abc"

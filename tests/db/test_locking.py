@@ -1,0 +1,253 @@
+"""The row-locking helpers on SQLite and PostgreSQL, with real concurrent connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, func, select, text
+from sqlalchemy.orm import Session
+
+from services import db
+from services.errors import RowLockTimeout
+from services.locking import Claim, claim_rows, delete_rows, lock_row
+from services.models import PENDING, SENT, OutboxMessage
+from services.outbox import enqueue
+
+T = OutboxMessage.__table__
+
+
+def fill(url: str, count: int, topic: str = "t") -> list[int]:
+    with db.transaction(url) as session:
+        messages = [enqueue(session, topic, {"n": n}) for n in range(count)]
+        session.flush()
+        return [m.id for m in messages]
+
+
+def claim(session: Session, limit: int, token: str = "x") -> list[Any]:
+    return claim_rows(session, T, where=T.c.status == PENDING, limit=limit,
+                      values={"status": SENT, "claimed_by": token, "attempts": T.c.attempts + 1})
+
+
+def test_claim_changes_state_and_returns_rows_after_the_change(db_url: str) -> None:
+    ids = fill(db_url, 5)
+    with db.transaction(db_url) as session:
+        rows = claim(session, 3, token="me")
+    assert sorted(r.id for r in rows) == ids[:3], "oldest first (primary key order)"
+    assert {(r.status, r.claimed_by, r.attempts) for r in rows} == {(SENT, "me", 1)}
+    with db.transaction(db_url) as session:
+        left = session.scalars(select(T.c.id).where(T.c.status == PENDING)).all()
+    assert sorted(left) == ids[3:]
+
+
+def test_a_rolled_back_claim_releases_its_rows(db_url: str) -> None:
+    ids = fill(db_url, 3)
+    session = db.new_session(db_url)
+    assert len(claim(session, 10)) == 3
+    session.rollback()
+    session.close()
+    with db.transaction(db_url) as session:
+        assert sorted(r.id for r in claim(session, 10)) == ids
+
+
+def test_concurrent_claimers_each_take_disjoint_rows(db_url: str) -> None:
+    """Four threads with their own connections claim until nothing is left: every row is
+    claimed exactly once (attempts counts the claims of each row)."""
+    ids = fill(db_url, 600)
+    taken: list[list[int]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def claimer(slot: int) -> None:
+        try:
+            session = db.new_session(db_url)
+            while rows := claim(session, 7, token=f"c{slot}"):
+                taken[slot].extend(r.id for r in rows)
+                session.commit()
+            session.close()
+        except BaseException as exc:  # reported below, so a thread's failure fails the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    everything = [i for slot in taken for i in slot]
+    assert Counter(everything).most_common(1)[0][1] == 1, "a row was claimed twice"
+    assert sorted(everything) == ids
+    with db.transaction(db_url) as session:
+        attempts = session.execute(select(T.c.attempts, func.count()).group_by(T.c.attempts))
+        assert dict(attempts.all()) == {1: 600}
+        owners = session.execute(select(T.c.claimed_by, func.count()).group_by(T.c.claimed_by))
+        assert dict(owners.all()) == {f"c{i}": len(taken[i]) for i in range(4) if taken[i]}
+
+
+@pytest.mark.postgres
+def test_claim_skips_a_row_an_api_transaction_holds_without_waiting(pg_db_url: str) -> None:
+    ids = fill(pg_db_url, 5)
+    api = db.new_session(pg_db_url)
+    assert lock_row(api, OutboxMessage, ids[0]).id == ids[0]
+    try:
+        with db.transaction(pg_db_url) as session:
+            # Had the claim waited for the lock, this would fail it instead of hanging.
+            session.execute(text("SET LOCAL statement_timeout = '3s'"))
+            started = time.monotonic()
+            rows = claim(session, 10)
+            assert time.monotonic() - started < 2
+        assert sorted(r.id for r in rows) == ids[1:]
+    finally:
+        api.rollback()
+        api.close()
+    with db.transaction(pg_db_url) as session:
+        assert [r.id for r in claim(session, 10)] == [ids[0]], "free again once released"
+
+
+def test_sqlite_claims_take_turns_with_the_writer(sqlite_url: str) -> None:
+    """What SQLite promises instead of row locks: a claim waits for the transaction holding
+    the write lock, then sees its outcome. It never takes a row twice."""
+    from services import migrate
+
+    migrate.upgrade(sqlite_url)
+    ids = fill(sqlite_url, 3)
+    holder = db.new_session(sqlite_url)
+    lock_row(holder, OutboxMessage, ids[0])
+    holder.execute(T.update().where(T.c.id == ids[0]).values(status=SENT))
+    result: dict[str, Any] = {}
+
+    def claimer() -> None:
+        with db.transaction(sqlite_url) as session:
+            result["rows"] = claim(session, 10)
+            result["at"] = time.monotonic()
+
+    thread = threading.Thread(target=claimer)
+    thread.start()
+    thread.join(timeout=0.5)
+    assert thread.is_alive(), "the claim should wait for SQLite's write lock"
+    released = time.monotonic()
+    holder.commit()
+    holder.close()
+    thread.join(timeout=30)
+    assert result["at"] >= released
+    assert sorted(r.id for r in result["rows"]) == ids[1:], "the row sent meanwhile is not claimed"
+
+
+def test_lock_row_nowait_names_the_row_and_leaves_the_transaction_usable(db_url: str) -> None:
+    [first] = fill(db_url, 1)
+    holder = db.new_session(db_url)
+    lock_row(holder, OutboxMessage, first)
+    waiter = db.new_session(db_url)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RowLockTimeout) as caught:
+            lock_row(waiter, T, first, nowait=True)
+        assert time.monotonic() - started < 2, "NOWAIT must not wait"
+        assert f"svc_outbox.id={first}" in str(caught.value)
+        assert "NOWAIT" in str(caught.value)
+        assert (caught.value.table, caught.value.key) == ("svc_outbox", first)
+        assert waiter.execute(select(func.count()).select_from(T)).scalar() == 1
+        holder.commit()
+        row = lock_row(waiter, T, first, nowait=True)
+        assert row.id == first and row.status == PENDING
+    finally:
+        holder.close()
+        waiter.rollback()
+        waiter.close()
+
+
+def test_lock_row_timeout_is_reported_after_waiting(db_url: str) -> None:
+    [first] = fill(db_url, 1)
+    holder = db.new_session(db_url)
+    lock_row(holder, OutboxMessage, first)
+    waiter = db.new_session(db_url)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RowLockTimeout, match=r"within 0\.3s"):
+            lock_row(waiter, OutboxMessage, first, timeout=0.3)
+        waited = time.monotonic() - started
+        assert 0.25 <= waited < 5, waited
+    finally:
+        holder.rollback()
+        holder.close()
+        waiter.rollback()
+        waiter.close()
+
+
+def test_lock_row_returns_an_object_a_row_or_none(db_url: str) -> None:
+    [first] = fill(db_url, 1)
+    with db.transaction(db_url) as session:
+        message = lock_row(session, OutboxMessage, first)
+        assert isinstance(message, OutboxMessage) and message.topic == "t"
+        message.status = SENT  # the caller changes the row it holds, then commits
+    with db.transaction(db_url) as session:
+        assert lock_row(session, T, first).status == SENT
+        assert lock_row(session, OutboxMessage, first + 1000) is None
+
+
+@pytest.mark.postgres
+def test_lock_timeout_setting_is_restored(pg_db_url: str) -> None:
+    [first] = fill(pg_db_url, 1)
+    with db.transaction(pg_db_url) as session:
+        before = session.execute(text("SHOW lock_timeout")).scalar()
+        lock_row(session, OutboxMessage, first, timeout=0.5)
+        assert session.execute(text("SHOW lock_timeout")).scalar() == before
+
+
+def test_nowait_and_timeout_together_is_refused(db_url: str) -> None:
+    with db.transaction(db_url) as session, pytest.raises(ValueError, match="not both"):
+        lock_row(session, OutboxMessage, 1, nowait=True, timeout=1)
+
+
+@pytest.mark.postgres
+def test_the_select_then_update_path_mysql_uses(pg_db_url: str) -> None:
+    """MySQL/MariaDB have no UPDATE ... RETURNING: the claim selects FOR UPDATE SKIP LOCKED,
+    updates and re-reads. Run that path here, where it can run, with a locked row to skip."""
+    ids = fill(pg_db_url, 6)
+    prepared = Claim(T, where=T.c.status == PENDING, values={"status": SENT, "claimed_by": "m"})
+    api = db.new_session(pg_db_url)
+    lock_row(api, T, ids[1])
+    try:
+        with db.transaction(pg_db_url) as session:
+            rows = prepared._claim_in_steps(session, 3, {})
+        assert [r.id for r in rows] == [ids[0], ids[2], ids[3]]
+        assert {(r.status, r.claimed_by) for r in rows} == {(SENT, "m")}
+    finally:
+        api.rollback()
+        api.close()
+
+
+def test_delete_rows_is_bounded(db_url: str) -> None:
+    ids = fill(db_url, 25)
+    with db.transaction(db_url) as session:
+        assert delete_rows(session, T, where=T.c.id <= ids[19], limit=8) == 8
+    with db.transaction(db_url) as session:
+        left = session.scalars(select(T.c.id).order_by(T.c.id)).all()
+    assert left == ids[8:], "the oldest matching rows go first"
+
+
+@pytest.mark.postgres
+def test_delete_rows_skips_locked_rows(pg_db_url: str) -> None:
+    ids = fill(pg_db_url, 4)
+    api = db.new_session(pg_db_url)
+    lock_row(api, T, ids[0])
+    try:
+        with db.transaction(pg_db_url) as session:
+            session.execute(text("SET LOCAL statement_timeout = '3s'"))
+            assert delete_rows(session, T, where=T.c.id > 0, limit=10) == 3
+    finally:
+        api.rollback()
+        api.close()
+    with db.transaction(pg_db_url) as session:
+        assert session.scalars(select(T.c.id)).all() == [ids[0]]
+
+
+def test_targets_without_one_primary_key_column_are_refused() -> None:
+    with pytest.raises(TypeError, match="Table or a mapped class"):
+        Claim(object(), where=T.c.id > 0, values={})
+    pairs = Table("pairs", MetaData(), Column("a", Integer, primary_key=True),
+                  Column("b", Integer, primary_key=True))
+    with pytest.raises(ValueError, match="single-column primary key"):
+        Claim(pairs, where=pairs.c.a > 0, values={})
