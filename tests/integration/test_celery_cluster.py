@@ -1,0 +1,449 @@
+"""The cluster, for real: ``celery worker`` and ``celery beat`` processes against real Redis,
+each test on its own key prefix (state keys and the broker's keys).
+
+Every time compared here is a Redis-clock time from the history or the state hash; the test's
+own clock is used only for deadlines. Tests wait on conditions (``wait_for``), never a sleep.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+
+from services.config import MAX_TICK_SLACK_SECONDS
+from services.state import StateStore
+from tests.cluster import Cluster, Proc
+from tests.svc_celery.probes import probe_key
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.celery
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def runs(store: StateStore, name: str, limit: int = 100) -> list[dict[str, Any]]:
+    """Finished runs, oldest first."""
+    return sorted(store.history(name, limit), key=lambda row: row["started_at"])
+
+
+def wait_runs(store: StateStore, name: str, count: int, timeout: float = 30,
+              cluster: Cluster | None = None) -> list[dict[str, Any]]:
+    wait_for(lambda: len(store.history(name, count + 50)) >= count, timeout,
+             f"{count} finished runs of {name}" + (
+                 f"\n{cluster.logs()}" if cluster is not None else ""))
+    return runs(store, name)
+
+
+def gaps(history: list[dict[str, Any]]) -> list[float]:
+    """Seconds between the starts of consecutive runs (Redis clock)."""
+    return [b["started_at"] - a["started_at"] for a, b in itertools.pairwise(history)]
+
+
+def tick_gap(interval: float) -> float:
+    """A tick sooner than this after the last accepted one is a duplicate (the guard's rule)."""
+    return interval - min(interval / 2, MAX_TICK_SLACK_SECONDS)
+
+
+def count(text: str, needle: str) -> int:
+    return text.count(needle)
+
+
+def worker_of(cluster: Cluster, worker_id: str) -> Proc:
+    """The worker (its main process) that owns pool process ``host:pid``."""
+    pid = int(worker_id.rsplit(":", 1)[1])
+    group = os.getpgid(pid)  # Cluster starts each worker in a session of its own
+    return next(proc for proc in cluster.procs if proc.pid == group)
+
+
+def publish_tick(redis_url: str, prefix: str, service: str, serializer: str) -> str:
+    """Publish a Celery (protocol 2) message for ``svc.<service>`` straight to the test's
+    broker, serialized with ``serializer``; returns its task id."""
+    task_id = str(uuid.uuid4())
+    headers = {
+        "lang": "py", "task": f"svc.{service}", "id": task_id, "root_id": task_id,
+        "parent_id": None, "group": None, "retries": 0, "eta": None, "expires": None,
+        "shadow": None, "timelimit": [None, None], "argsrepr": "()",
+        "kwargsrepr": "{'kind': 'tick'}", "origin": "test@pytest", "ignore_result": True,
+    }
+    body = ((), {"kind": "tick"}, {"callbacks": None, "errbacks": None, "chain": None,
+                                   "chord": None})
+    exchange = Exchange("celery", type="direct")
+    queue = Queue("celery", exchange, routing_key="celery")
+    with Connection(redis_url, transport_options={"global_keyprefix": f"{prefix}-broker:"}) as conn:
+        conn.Producer().publish(body, exchange=exchange, routing_key="celery", declare=[queue],
+                                serializer=serializer, headers=headers, correlation_id=task_id)
+    return task_id
+
+
+def cluster(tmp_path: Path, prefix: str, redis_url: str, services: list[str],
+            **kwargs: Any) -> Cluster:
+    return Cluster(tmp_path, prefix, redis_url, services=services, **kwargs)
+
+
+# -- cadence -----------------------------------------------------------------------------------
+
+
+def test_service_runs_at_its_interval(tmp_path: Path, prefix: str, redis_url: str) -> None:
+    interval = 0.5
+    with cluster(tmp_path, prefix, redis_url, ["ticker"],
+                 env={"SVC_TICKER_INTERVAL_SECONDS": str(interval)}) as c:
+        c.worker("w1")
+        c.beat()
+        store = c.store()
+        history = wait_runs(store, "ticker", 10, cluster=c)
+
+    assert all(row["outcome"] == "ok" for row in history), history
+    between = gaps(history)
+    # The guard never lets two ticks closer than the tick gap run.
+    assert min(between) >= tick_gap(interval), between
+    # Over the window, about one run per interval (generous: scheduling jitter, slow CI).
+    mean = (history[-1]["started_at"] - history[0]["started_at"]) / (len(history) - 1)
+    assert interval * 0.8 <= mean <= interval * 1.8, (mean, between)
+
+
+# -- mutual exclusion --------------------------------------------------------------------------
+
+
+def test_slow_service_never_overlaps_itself_on_two_workers(
+        tmp_path: Path, prefix: str, redis_url: str) -> None:
+    # Slow: interval 0.3 s, update 1 s: a tick arrives while a run is in progress.
+    with cluster(tmp_path, prefix, redis_url, ["slow"], env={"SLOW_SECONDS": "1.0"}) as c:
+        w1 = c.worker("w1")
+        w2 = c.worker("w2")
+        c.beat()
+        store = c.store()
+        history = wait_runs(store, "slow", 5, cluster=c)
+        refused = count(w1.output(), "not running: leased") + count(
+            w2.output(), "not running: leased")
+
+    for row in history:
+        assert row["outcome"] == "ok", row
+        assert row["duration"] >= 1.0, row
+        assert not row["lease_lost"], row
+    for before, after in itertools.pairwise(history):
+        assert after["started_at"] >= before["finished_at"], (before, after)
+    # Ticks did arrive while a run held the lease, and the guard refused them.
+    assert refused >= 1, c.logs()
+
+
+# -- pause and resume through plain Redis ------------------------------------------------------
+
+
+def test_hset_paused_stops_every_worker_and_resume_brings_runs_back(
+        tmp_path: Path, prefix: str, redis_url: str, redis_client: redis.Redis) -> None:
+    interval = 0.5
+    state_key = f"{prefix}:ticker"
+    with cluster(tmp_path, prefix, redis_url, ["ticker"],
+                 env={"SVC_TICKER_INTERVAL_SECONDS": str(interval)}) as c:
+        workers = [c.worker("w1"), c.worker("w2")]
+        c.beat()
+        store = c.store()
+        wait_runs(store, "ticker", 3, cluster=c)
+
+        marks = [len(w.output()) for w in workers]
+        redis_client.hset(state_key, "paused", 1)
+        paused_at = store.now()
+        runs_at_pause = store.read("ticker").runs
+        # Every worker refuses ticks: each says so at least twice after the pause.
+        for worker, mark in zip(workers, marks, strict=True):
+            wait_for(lambda w=worker, m=mark: count(w.output()[m:], "not running: paused") >= 2,
+                     20, f"{worker.name} to refuse ticks while paused\n{c.logs()}")
+        started_while_paused = [row for row in store.history("ticker", 100)
+                                if row["started_at"] > paused_at]
+        assert started_while_paused == []
+        assert store.read("ticker").runs == runs_at_pause
+
+        redis_client.hset(state_key, "paused", 0)
+        resumed_at = store.now()
+        wait_for(lambda: sum(row["started_at"] > resumed_at
+                             for row in store.history("ticker", 100)) >= 2,
+                 15, f"runs after resume\n{c.logs()}")
+        # The first run after resume comes within a couple of intervals.
+        first = min(row["started_at"] for row in store.history("ticker", 100)
+                    if row["started_at"] > resumed_at)
+        assert first - resumed_at < 4 * interval
+
+
+# -- failures, retries, max_failures -----------------------------------------------------------
+
+
+def test_failures_count_across_workers_retry_once_and_stop_at_max_failures(
+        tmp_path: Path, prefix: str, redis_url: str, redis_client: redis.Redis) -> None:
+    # Failing: interval 1 s, retry_delay 0.4 s, max_failures 4. The failure count must carry
+    # over from one worker to the next: worker 1 fails first, then (paused while workers
+    # change) worker 2 goes on counting from where worker 1 left off.
+    state_key = f"{prefix}:failing"
+    with cluster(tmp_path, prefix, redis_url, ["failing"]) as c:
+        w1 = c.worker("w1")
+        c.beat()
+        store = c.store()
+        wait_for(lambda: store.read("failing").failures >= 1, 20,
+                 f"a first failure\n{c.logs()}")
+        redis_client.hset(state_key, "paused", 1)
+        c.stop(w1)
+        first_workers = {row["worker"] for row in store.history("failing")}
+        failures_on_w1 = store.read("failing").failures
+        assert 1 <= failures_on_w1 < 4
+
+        w2 = c.worker("w2")
+        redis_client.hset(state_key, "paused", 0)
+        wait_for(lambda: not store.read("failing").running, 30,
+                 f"the service to stop itself\n{c.logs()}")
+        wait_for(lambda: "not running: stopped" in w2.output(), 10,
+                 f"a tick refused as stopped\n{c.logs()}")
+        state = store.read("failing")
+        history = runs(store, "failing")
+        logs = w1.output() + w2.output()
+
+    assert state.failures == 4
+    assert not state.running
+    assert state.stop_reason is not None
+    assert "max_failures=4" in state.stop_reason
+    assert "upstream said no" in state.stop_reason
+    # Every failure counted exactly once, on whichever worker ran it.
+    assert [row["outcome"] for row in history] == ["error"] * 4, history
+    assert [row["seq"] for row in history] == [1, 2, 3, 4]
+    later = [row["worker"] for row in history[failures_on_w1:]]
+    assert later and not set(later) & first_workers, (first_workers, history)
+    # Celery retried a failed run once after retry_delay_seconds...
+    assert "retrying once in" in logs
+    assert "Retry in" in logs
+    # ...which shows in the history as two failures closer together than a tick interval.
+    between = gaps(history)
+    assert any(0.4 <= gap < 0.9 for gap in between), between
+
+
+# -- crash recovery ----------------------------------------------------------------------------
+
+
+def test_sigkill_mid_run_frees_the_service_after_the_lease_and_is_not_replayed(
+        tmp_path: Path, prefix: str, redis_url: str) -> None:
+    lease = 3.0
+    with cluster(tmp_path, prefix, redis_url, ["sleeper"], lease_seconds=lease,
+                 env={"SLEEPER_SECONDS": "4"}) as c:
+        c.worker("w1")
+        c.worker("w2")
+        c.beat()
+        store = c.store()
+        holders = wait_for(lambda: store.lease_holders("sleeper"), 20,
+                           f"a run of sleeper to start\n{c.logs()}")
+        killed_token = holders[0][0]
+        state = store.read("sleeper")
+        victim = worker_of(c, killed_token.split("@", 1)[1])
+        c.kill(victim)
+        assert store.client.hget(f"{prefix}:sleeper", "last_run_id") == killed_token
+        killed_started = state.last_started_at
+        assert killed_started is not None
+        survivor = next(p for p in c.procs if p.name in ("w1", "w2") and p is not victim)
+
+        new_holders = wait_for(
+            lambda: [t for t, _ in store.lease_holders("sleeper") if t != killed_token],
+            20, f"another run after the lease expired\n{c.logs()}")
+        new_token = new_holders[0]
+        assert worker_of(c, new_token.split("@", 1)[1]) is survivor
+        new_started = store.read("sleeper").last_started_at
+        assert new_started is not None
+        # Nobody ran the service until the killed run's lease had expired.
+        assert new_started - killed_started >= lease - 0.002, (killed_started, new_started)
+        assert store.read("sleeper").runs == state.runs + 1
+
+        new_run_id = new_token.split("@", 1)[0]
+        wait_for(lambda: any(row["run_id"] == new_run_id for row in store.history("sleeper")),
+                 20, f"the new run to finish\n{c.logs()}")
+        history = store.history("sleeper")
+        c.kill(survivor)  # its next 4 s run would only slow the shutdown down
+
+    killed_run_id = killed_token.split("@", 1)[0]
+    assert [row["run_id"] for row in history] == [new_run_id], history
+    assert killed_run_id not in {row["run_id"] for row in history}
+    (row,) = history
+    assert row["outcome"] == "ok"
+    assert not row["lease_lost"]
+    assert row["worker"] == new_token.split("@", 1)[1]
+
+
+# -- duplicate ticks ---------------------------------------------------------------------------
+
+
+def test_two_beat_processes_cause_no_double_runs(
+        tmp_path: Path, prefix: str, redis_url: str) -> None:
+    interval = 1.0
+    with cluster(tmp_path, prefix, redis_url, ["ticker"],
+                 env={"SVC_TICKER_INTERVAL_SECONDS": str(interval)}) as c:
+        workers = [c.worker("w1"), c.worker("w2")]
+        beats = [c.beat("beat1"), c.beat("beat2")]
+        store = c.store()
+        wait_runs(store, "ticker", 6, cluster=c)
+        started = store.read("ticker").runs
+        sent = [count(b.output(), "Sending due task svc.ticker") for b in beats]
+        history = runs(store, "ticker")
+        refused = sum(count(w.output(), "not running: duplicate") for w in workers)
+
+    assert min(sent) >= 3, c.logs()
+    between = gaps(history)
+    assert min(between) >= tick_gap(interval), between
+    # Two Beats sent about twice the ticks; runs stayed at about one per interval.
+    assert started <= max(sent) + 1, (started, sent)
+    assert refused >= 2, c.logs()
+
+
+# -- serialization -----------------------------------------------------------------------------
+
+
+def test_a_pickled_message_is_refused_and_logged(
+        tmp_path: Path, prefix: str, redis_url: str) -> None:
+    with cluster(tmp_path, prefix, redis_url, ["ticker"]) as c:
+        w1 = c.worker("w1")  # no Beat: the only messages are the ones published here
+        store = c.store()
+        pickled_id = publish_tick(redis_url, prefix, "ticker", "pickle")
+        wait_for(lambda: "Refusing to deserialize" in w1.output(), 20,
+                 f"the worker to refuse the pickled message\n{c.logs()}")
+        # The worker is alive and runs the very same message when it is JSON: the pickled one
+        # was refused for its serializer, not for its shape.
+        publish_tick(redis_url, prefix, "ticker", "json")
+        wait_runs(store, "ticker", 1, cluster=c)
+        state = store.read("ticker")
+        log = w1.output()
+
+    assert state.runs == 1  # the JSON message's run, and no other
+    assert ("Received invalid task message: Refusing to deserialize untrusted content of type "
+            "pickle") in log, log
+    assert pickled_id not in log.split("Refusing to deserialize", 1)[0]
+    assert f"svc.ticker[{pickled_id}]" not in log
+
+
+# -- the per-process runtime -------------------------------------------------------------------
+
+
+def pool_pids(worker: Proc) -> set[int]:
+    """The pids of ``worker``'s pool processes (its children, same process group)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == worker.pid:
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == worker.pid:
+                found.add(int(entry.name))
+        except ProcessLookupError:
+            continue
+    return found
+
+
+def test_configure_service_runs_once_per_worker_process(
+        tmp_path: Path, prefix: str, redis_url: str, redis_client: redis.Redis) -> None:
+    configured = probe_key(prefix, "lifecycle", "configured")
+    with cluster(tmp_path, prefix, redis_url, ["lifecycle"]) as c:
+        w1 = c.worker("w1", concurrency=2)
+        w2 = c.worker("w2", concurrency=1)
+        c.beat()
+        store = c.store()
+        history = wait_runs(store, "lifecycle", 12, cluster=c)
+        counts = {int(pid): int(n) for pid, n in redis_client.hgetall(configured).items()}
+        children = {w.name: pool_pids(w) for w in (w1, w2)}
+
+    # Built once in each pool process (two in w1, one in w2), never in a worker's main
+    # process, and not again for each of the many runs.
+    assert len(children["w1"]) == 2 and len(children["w2"]) == 1, children
+    assert set(counts) == children["w1"] | children["w2"], (counts, children)
+    assert set(counts.values()) == {1}, counts
+    ran_on = {int(row["worker"].rsplit(":", 1)[1]) for row in history}
+    assert ran_on <= set(counts), (ran_on, counts)
+
+
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
+def test_cleanup_runs_on_warm_shutdown(
+        tmp_path: Path, prefix: str, redis_url: str, redis_client: redis.Redis,
+        pool: str) -> None:
+    configured = probe_key(prefix, "lifecycle", "configured")
+    cleaned = probe_key(prefix, "lifecycle", "cleaned")
+    with cluster(tmp_path, prefix, redis_url, ["lifecycle"]) as c:
+        w1 = c.worker("w1", pool=pool, concurrency=2 if pool == "prefork" else 1)
+        c.beat()
+        store = c.store()
+        wait_runs(store, "lifecycle", 2, cluster=c)
+        assert redis_client.hgetall(cleaned) == {}
+        c.stop(w1)  # SIGTERM: warm shutdown
+        assert w1.popen.returncode == 0, w1.output()[-3000:]
+        built = redis_client.hgetall(configured)
+        done = redis_client.hgetall(cleaned)
+
+    assert len(built) == (2 if pool == "prefork" else 1), built
+    # cleanup() ran once in every process that built the service.
+    assert done == built, (built, done)
+
+
+def test_a_long_update_keeps_its_lease(tmp_path: Path, prefix: str, redis_url: str) -> None:
+    # The update (4 s, blocking the loop) outlives the lease (1.5 s) more than twice over;
+    # the renewal thread keeps the lease, so no other worker starts a run meanwhile.
+    with cluster(tmp_path, prefix, redis_url, ["slow"], lease_seconds=1.5,
+                 env={"SLOW_SECONDS": "4"}) as c:
+        workers = [c.worker("w1"), c.worker("w2")]
+        c.beat()
+        store = c.store()
+        (first,) = wait_runs(store, "slow", 1, timeout=30, cluster=c)
+        state = store.read("slow")
+        logs = "".join(w.output() for w in workers)
+        for worker in workers:
+            c.kill(worker)  # a second 4 s run would only slow the shutdown down
+
+    assert first["outcome"] == "ok", first
+    assert first["duration"] >= 4.0, first
+    assert first["lease_lost"] is False, first
+    assert first["superseded"] is False, first
+    # At most one more run has started, and only after the first one finished.
+    assert state.runs in (1, 2), state
+    if state.runs == 2:
+        assert state.last_started_at is not None
+        assert state.last_started_at >= first["finished_at"], (state, first)
+    assert "not running: leased" in logs, logs
+    assert "lost its lease" not in logs, logs
+
+
+# -- cooperative pause -------------------------------------------------------------------------
+
+
+def test_paused_and_running_read_inside_update_reflect_redis(
+        tmp_path: Path, prefix: str, redis_url: str, redis_client: redis.Redis) -> None:
+    events_key = probe_key(prefix, "cooperative", "events")
+    state_key = f"{prefix}:cooperative"
+
+    def events() -> list[str]:
+        return redis_client.lrange(events_key, 0, -1)
+
+    def started_runs() -> list[str]:
+        return [e.split()[1] for e in events() if e.startswith("started ")]
+
+    with cluster(tmp_path, prefix, redis_url, ["cooperative"]) as c:
+        c.worker("w1")
+        c.worker("w2")
+        c.beat()
+        store = c.store()
+        (first,) = wait_for(started_runs, 20, f"a run to start\n{c.logs()}")
+        redis_client.hset(state_key, "paused", 1)
+        wait_for(lambda: f"paused {first}" in events(), 10,
+                 f"the run to see the pause\n{c.logs()}")
+
+        redis_client.hset(state_key, "paused", 0)
+        second = wait_for(lambda: [r for r in started_runs() if r != first], 20,
+                          f"a run after resume\n{c.logs()}")[0]
+        redis_client.hset(state_key, "running", 0)
+        wait_for(lambda: f"stopped {second}" in events(), 10,
+                 f"the run to see the stop\n{c.logs()}")
+        wait_for(lambda: len(store.history("cooperative")) >= 2, 10,
+                 f"both runs recorded\n{c.logs()}")
+        history = {row["run_id"]: row for row in store.history("cooperative")}
+
+    assert events() == [f"started {first}", f"paused {first}",
+                        f"started {second}", f"stopped {second}"]
+    # Both runs ended early (the update would have lasted 30 s) and ended well.
+    for run_id in (first, second):
+        assert history[run_id]["outcome"] == "ok", history
+        assert history[run_id]["duration"] < 10, history
