@@ -1,0 +1,179 @@
+"""``svc metrics``: scraped over HTTP while a real worker runs, pauses and fails services."""
+
+from __future__ import annotations
+
+import re
+import socket
+import urllib.error
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.keys import Keys
+from tests.operator.conftest import Svc
+from tests.waiting import wait_for
+from worker.metrics import DURATION_BUCKETS_MS
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+# runs_total and the duration histogram come from counters finish_run.lua keeps. Until that
+# script keeps them these tests are reported as expected failures without running (they would
+# only wait out their deadlines); once it does, they run and must pass.
+LUA_COUNTS_RUNS = "duration_le_" in resources.files("services").joinpath(
+    "lua", "finish_run.lua").read_text()
+needs_lua_counters = pytest.mark.xfail(
+    not LUA_COUNTS_RUNS, run=False,
+    reason="finish_run.lua does not yet count runs by outcome and duration bucket")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def parse(text: str) -> Samples:
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return parse(response.read().decode())
+
+
+def value(samples: Samples, name: str, service: str, **labels: str) -> float | None:
+    key = (name, tuple(sorted({"service": service, **labels}.items())))
+    return samples.get(key)
+
+
+def start_metrics(svc: Svc, processes: list, workdir: Path) -> str:
+    port = free_port()
+    processes.append(svc.popen("metrics", "--port", str(port), "--address", "127.0.0.1",
+                               log=workdir / "metrics.log"))
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def answers() -> bool:
+        try:
+            return bool(scrape(url))
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    wait_for(answers, 20, f"svc metrics to answer on {url}")
+    return url
+
+
+@pytest.mark.celery
+def test_metrics_follow_runs_pauses_and_failures(make_cluster, svc_for, processes,
+                                                 tmp_path: Path, prefix: str) -> None:
+    cluster = make_cluster(["ticker", "failing"])
+    cluster.worker("w1")
+    url = start_metrics(svc_for(cluster), processes, tmp_path)
+
+    first = scrape(url)
+    assert first[("svc_redis_up", ())] == 1
+    for service in ("ticker", "failing"):
+        assert value(first, "svc_running", service) == 1
+        assert value(first, "svc_paused", service) == 0
+        assert value(first, "svc_failures", service) == 0
+        assert value(first, "svc_runs_started_total", service) == 0
+        assert value(first, "svc_last_success_timestamp_seconds", service) is None
+    assert value(first, "svc_max_failures", "failing") == 4
+    assert value(first, "svc_interval_seconds", "ticker") == 0.5
+
+    cluster.beat()
+    ran = wait_for(lambda: (s := scrape(url)) and (value(s, "svc_runs_started_total", "ticker")
+                                                   or 0) >= 2 and s, 30, "ticker runs in metrics")
+    success = value(ran, "svc_last_success_timestamp_seconds", "ticker")
+    assert success is not None
+    wait_for(lambda: value(scrape(url), "svc_last_success_timestamp_seconds", "ticker") > success,
+             20, "a later success")
+
+    wait_for(lambda: value(scrape(url), "svc_running", "failing") == 0, 30,
+             "failing to stop in the metrics")
+    stopped = scrape(url)
+    assert value(stopped, "svc_failures", "failing") == 4
+    assert value(stopped, "svc_last_success_timestamp_seconds", "failing") is None
+    assert value(stopped, "svc_last_run_timestamp_seconds", "failing") is not None
+
+    # A plain Redis HSET pauses it; the next scrape says so and the run count stands still.
+    store = cluster.store()
+    store.client.hset(Keys(prefix).state("ticker"), "paused", 1)
+    assert value(scrape(url), "svc_paused", "ticker") == 1
+    store.client.hset(Keys(prefix).state("ticker"), "paused", 0)
+    assert value(scrape(url), "svc_paused", "ticker") == 0
+
+
+@needs_lua_counters
+@pytest.mark.celery
+def test_runs_total_and_duration_histogram(make_cluster, svc_for, processes,
+                                           tmp_path: Path) -> None:
+    cluster = make_cluster(["ticker", "failing", "slow"], env={"SLOW_SECONDS": "0.3"})
+    cluster.worker("w1", concurrency=2)
+    url = start_metrics(svc_for(cluster), processes, tmp_path)
+    cluster.beat()
+    samples = wait_for(
+        lambda: (s := scrape(url)) and value(s, "svc_running", "failing") == 0
+        and (value(s, "svc_runs_total", "ticker", outcome="ok") or 0) >= 3
+        and (value(s, "svc_runs_total", "slow", outcome="ok") or 0) >= 2 and s,
+        40, "runs counted by outcome")
+    assert value(samples, "svc_runs_total", "failing", outcome="error") == 4
+    assert value(samples, "svc_runs_total", "failing", outcome="ok") == 0
+    for service in ("ticker", "failing", "slow"):
+        total = sum(value(samples, "svc_runs_total", service, outcome=o)
+                    for o in ("ok", "error", "interrupted"))
+        buckets = [value(samples, "svc_run_duration_seconds_bucket", service,
+                         le=f"{b / 1000:g}") for b in DURATION_BUCKETS_MS]
+        buckets.append(value(samples, "svc_run_duration_seconds_bucket", service, le="+Inf"))
+        assert buckets == sorted(buckets), f"{service}: buckets must be cumulative"
+        assert buckets[-1] == total == value(samples, "svc_run_duration_seconds_count", service)
+    # Slow's runs take 0.3 s: none in the buckets below it, all by 0.5 s, and in the sum.
+    slow_ok = value(samples, "svc_runs_total", "slow", outcome="ok")
+    assert value(samples, "svc_run_duration_seconds_bucket", "slow", le="0.25") == 0
+    assert value(samples, "svc_run_duration_seconds_bucket", "slow", le="0.5") == slow_ok
+    assert value(samples, "svc_run_duration_seconds_sum", "slow") >= 0.3 * slow_ok
+    assert value(samples, "svc_run_duration_seconds_bucket", "ticker", le="0.01") >= 3
+
+    # Counters survive a restart of svc metrics: they live in Redis, not in its process.
+    before = value(scrape(url), "svc_runs_total", "failing", outcome="error")
+    processes[-1].terminate()
+    processes[-1].wait(timeout=10)
+    again = start_metrics(svc_for(cluster), processes, tmp_path)
+    assert value(scrape(again), "svc_runs_total", "failing", outcome="error") == before
+
+
+@needs_lua_counters
+def test_lua_and_collector_agree_on_bucket_bounds() -> None:
+    lua = resources.files("services").joinpath("lua", "finish_run.lua").read_text()
+    listed = re.search(r"ipairs\(\{([0-9,\s]+)\}\)", lua)
+    assert listed, "finish_run.lua lists no duration bounds"
+    assert tuple(int(b) for b in listed.group(1).replace("\n", " ").split(",")) == \
+        DURATION_BUCKETS_MS
+
+
+def test_once_prints_a_scrape_and_reports_redis_down(svc: Svc, store, prefix: str) -> None:
+    store.client.hset(Keys(prefix).state("failing"), mapping={"failures": 2, "paused": 1})
+    result = svc("metrics", "--once")
+    assert result.exit_code == 0, result.output
+    samples = parse(result.stdout)
+    assert value(samples, "svc_failures", "failing") == 2
+    assert value(samples, "svc_paused", "failing") == 1
+    assert value(samples, "svc_paused", "ticker") == 0
+    assert "# HELP svc_runs_total" in result.stdout
+
+    down = svc("metrics", "--once", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert down.exit_code == 0, down.output
+    assert parse(down.stdout) == {("svc_redis_up", ()): 0}
+
+
+def test_metrics_port_in_use_is_one_line(svc: Svc) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        proc = svc.run("metrics", "--port", str(port), "--address", "127.0.0.1", timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("svc: OSError") and "Traceback" not in proc.stderr
