@@ -96,7 +96,8 @@ class Claim:
     ``where`` selects the claimable rows and ``values`` is the state change (both may use
     ``bindparam("name")``, given at call time); ``order_by`` defaults to the primary key;
     ``returning`` defaults to every column. Calling it returns the claimed rows, as they are
-    after the change; the caller commits (or rolls back, which releases the rows).
+    after the change, in no particular order (``order_by`` decides which rows are taken);
+    the caller commits (or rolls back, which releases the rows).
     """
 
     def __init__(

@@ -221,6 +221,9 @@ class OutboxDispatch:
         rows = self.claim(session, self.options.batch_size, now=now, token=token,
                           until=now + timedelta(seconds=self.options.claim_timeout_seconds))
         session.commit()
+        # RETURNING follows no ORDER BY: deliver each batch oldest first. Across concurrent
+        # runs there is no global order; consumers that need one order by created_at.
+        rows.sort(key=lambda row: row.id)
         return rows
 
     def settle(self, session: Session, token: str, rows: Sequence[Row[Any]],
