@@ -8,6 +8,7 @@ own clock is used only for deadlines. Tests wait on conditions (``wait_for``), n
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import uuid
 from pathlib import Path
@@ -81,6 +82,23 @@ def publish_tick(redis_url: str, prefix: str, service: str, serializer: str) -> 
         conn.Producer().publish(body, exchange=exchange, routing_key="celery", declare=[queue],
                                 serializer=serializer, headers=headers, correlation_id=task_id)
     return task_id
+
+
+def unacked_tasks(client: redis.Redis, prefix: str) -> dict[str, str]:
+    """Messages a worker took from the broker and has not acknowledged: delivery tag -> task id.
+    Kombu puts them back in the queue after the visibility timeout (an hour by default)."""
+    raw = client.hgetall(f"{prefix}-broker:unacked")
+    return {tag: json.loads(value)[0]["headers"]["id"] for tag, value in raw.items()}
+
+
+def restore_unacked(redis_url: str, prefix: str, tags: list[str]) -> None:
+    """What kombu does to a dead worker's unacknowledged messages once the visibility timeout
+    has passed: put them back in their queue, for any worker to take."""
+    options = {"global_keyprefix": f"{prefix}-broker:"}
+    with Connection(redis_url, transport_options=options) as conn:
+        channel = conn.default_channel
+        for tag in tags:
+            channel.qos.restore_by_tag(tag)
 
 
 def cluster(tmp_path: Path, prefix: str, redis_url: str, services: list[str],
@@ -225,7 +243,7 @@ def test_failures_count_across_workers_retry_once_and_stop_at_max_failures(
 
 
 def test_sigkill_mid_run_frees_the_service_after_the_lease_and_is_not_replayed(
-        tmp_path: Path, prefix: str, redis_url: str) -> None:
+        tmp_path: Path, prefix: str, redis_url: str, redis_client: redis.Redis) -> None:
     lease = 3.0
     with cluster(tmp_path, prefix, redis_url, ["sleeper"], lease_seconds=lease,
                  env={"SLEEPER_SECONDS": "4"}) as c:
@@ -238,6 +256,10 @@ def test_sigkill_mid_run_frees_the_service_after_the_lease_and_is_not_replayed(
         killed_token = holders[0][0]
         state = store.read("sleeper")
         victim = worker_of(c, killed_token.split("@", 1)[1])
+        # While its pool process is busy, the victim's main process has prefetched the next
+        # tick (prefetch 1, acks early): a message that dies with it, unacknowledged.
+        held = wait_for(lambda: unacked_tasks(redis_client, prefix), 10,
+                        f"the busy worker to prefetch a tick\n{c.logs()}")
         c.kill(victim)
         assert store.client.hget(f"{prefix}:sleeper", "last_run_id") == killed_token
         killed_started = state.last_started_at
@@ -253,6 +275,14 @@ def test_sigkill_mid_run_frees_the_service_after_the_lease_and_is_not_replayed(
         assert new_started is not None
         # Nobody ran the service until the killed run's lease had expired.
         assert new_started - killed_started >= lease - 0.002, (killed_started, new_started)
+        assert store.read("sleeper").runs == state.runs + 1
+
+        # "Hours later" the broker hands the dead worker's messages out again: the ticks have
+        # expired by then and are dropped, not replayed.
+        restore_unacked(redis_url, prefix, list(held))
+        for task_id in held.values():
+            wait_for(lambda t=task_id: f"Discarding revoked task: svc.sleeper[{t}]"
+                     in survivor.output(), 10, f"restored tick {task_id} to be dropped\n{c.logs()}")
         assert store.read("sleeper").runs == state.runs + 1
 
         new_run_id = new_token.split("@", 1)[0]
