@@ -1,7 +1,8 @@
 """``svc``: see and change every service from any machine that reaches Redis.
 
-Exit codes: 0 done; 1 the world said no (Redis or the broker unreachable, ``--wait`` timed
-out); 2 the command was wrong (usage, an unknown or malformed service name, a bad setting).
+Exit codes: 0 done; 1 the world said no (Redis, the broker or the database unreachable,
+``--wait`` timed out); 2 the command was wrong (usage, an unknown or malformed service
+name, a bad setting).
 Settings are read once, here at the edge, and handed down; tests pass their own environment.
 """
 
@@ -21,7 +22,12 @@ import redis
 import typer
 
 from services import logs
-from services.errors import ServiceConfigError, StateUnavailableError, UnknownServiceError
+from services.errors import (
+    DatabaseConfigError,
+    ServiceConfigError,
+    StateUnavailableError,
+    UnknownServiceError,
+)
 from services.settings import load_settings, redact_url
 from worker import cli_render as render
 from worker.ops import InvalidNameError, Operator
@@ -64,7 +70,7 @@ def edge(command: F) -> F:
             raise fail(str(exc), EXIT_USAGE) from None
         except ServiceConfigError as exc:
             raise fail(str(exc), EXIT_USAGE) from None
-        except StateUnavailableError as exc:
+        except (StateUnavailableError, DatabaseConfigError) as exc:
             raise fail(str(exc), EXIT_FAILED) from None
         except redis.RedisError as exc:
             url = redact_url(ctx.obj.settings.redis_url) if ctx and ctx.obj else "?"
@@ -330,11 +336,12 @@ def metrics(
 def migrate(ctx: typer.Context, revision: Annotated[str, typer.Option(
         help="Alembic revision to upgrade to.")] = "head") -> None:
     """Upgrade the database (DATABASE_URL) to the latest schema."""
-    from services.migrate import upgrade
+    from services.migrate import current, upgrade
 
     url = operator(ctx).settings.database_url
     upgrade(url, revision)
-    render.console().print(f"database {redact_url(url)} upgraded to {revision}", markup=False)
+    render.console().print(f"database {redact_url(url)} is at revision {current(url)}",
+                           markup=False)
 
 
 @app.command()

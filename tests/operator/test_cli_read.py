@@ -152,3 +152,18 @@ def test_corrupt_fields_and_registry_errors_are_shown(svc: Svc, store, prefix: s
 
     detail = svc("status", "failing")
     assert "unreadable field paused=banana" in detail.stdout
+
+
+def test_migrate_upgrades_the_database_and_fails_in_one_line(svc: Svc, tmp_path) -> None:
+    from services import migrate
+
+    url = f"sqlite:///{tmp_path / 'migrate.db'}"
+    result = svc("migrate", DATABASE_URL=url)
+    assert result.exit_code == 0, result.output
+    assert migrate.current(url) == migrate.head()
+    assert f"is at revision {migrate.head()}" in result.stdout
+
+    proc = svc.run("migrate", DATABASE_URL="postgresql+psycopg://u:pw@127.0.0.1:1/none")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("svc: ") and "Traceback" not in proc.stderr
+    assert ":pw@" not in proc.stderr
