@@ -239,6 +239,47 @@ def test_failures_count_across_workers_retry_once_and_stop_at_max_failures(
     assert any(0.4 <= gap < 0.9 for gap in between), between
 
 
+def test_a_run_that_lost_its_lease_does_not_overwrite_the_newer_run(
+        tmp_path: Path, prefix: str, redis_url: str, redis_client: redis.Redis) -> None:
+    with cluster(tmp_path, prefix, redis_url, ["slow"], env={"SLOW_SECONDS": "3"}) as c:
+        workers = [c.worker("w1"), c.worker("w2")]
+        c.beat()
+        store = c.store()
+        ((old_token, _),) = wait_for(lambda: store.lease_holders("slow"), 20,
+                                     f"a run to start\n{c.logs()}")
+        before = store.read("slow")
+        assert before.last_started_at is not None
+        # A second into the run, its lease disappears (an expiry, an operator's DEL).
+        wait_for(lambda: store.now() - before.last_started_at >= 1.0, 10, "a second of run")
+        redis_client.delete(f"{prefix}:slow:lease")
+        ((new_token, _),) = wait_for(
+            lambda: [h for h in store.lease_holders("slow") if h[0] != old_token], 10,
+            f"a newer run on the idle worker\n{c.logs()}")
+        old_id, new_id = old_token.split("@")[0], new_token.split("@")[0]
+
+        old = wait_for(lambda: [r for r in store.history("slow") if r["run_id"] == old_id], 10,
+                       f"the old run to finish\n{c.logs()}")[0]
+        after_old = store.read("slow")
+        new = wait_for(lambda: [r for r in store.history("slow") if r["run_id"] == new_id], 10,
+                       f"the newer run to finish\n{c.logs()}")[0]
+        after_new = store.read("slow")
+        logs = "".join(w.output() for w in workers)
+        for worker in workers:
+            c.kill(worker)  # the next 3 s run would only slow the shutdown down
+
+    assert old["lease_lost"] is True and old["superseded"] is True, old
+    assert new["lease_lost"] is False and new["superseded"] is False, new
+    assert old["worker"] != new["worker"]
+    # The old run's finish left the state to the newer run...
+    assert after_old.last_finished_at == before.last_finished_at, (before, after_old)
+    assert after_old.runs == before.runs + 1
+    assert after_old.last_started_at == new["started_at"]
+    # ...whose own finish is the one recorded.
+    assert after_new.last_finished_at == new["finished_at"]
+    assert "lost its lease" in logs
+    assert "only its history entry was written" in logs
+
+
 # -- crash recovery ----------------------------------------------------------------------------
 
 
@@ -440,7 +481,7 @@ def test_a_long_update_keeps_its_lease(tmp_path: Path, prefix: str, redis_url: s
 # -- cooperative pause -------------------------------------------------------------------------
 
 
-def test_paused_and_running_read_inside_update_reflect_redis(
+def test_paused_running_and_lease_lost_read_inside_update_reflect_redis(
         tmp_path: Path, prefix: str, redis_url: str, redis_client: redis.Redis) -> None:
     events_key = probe_key(prefix, "cooperative", "events")
     state_key = f"{prefix}:cooperative"
@@ -451,29 +492,43 @@ def test_paused_and_running_read_inside_update_reflect_redis(
     def started_runs() -> list[str]:
         return [e.split()[1] for e in events() if e.startswith("started ")]
 
+    def next_run(after: list[str]) -> str:
+        return wait_for(lambda: [r for r in started_runs() if r not in after], 20,
+                        f"a run after {after}\n{c.logs()}")[0]
+
     with cluster(tmp_path, prefix, redis_url, ["cooperative"]) as c:
         c.worker("w1")
         c.worker("w2")
         c.beat()
         store = c.store()
-        (first,) = wait_for(started_runs, 20, f"a run to start\n{c.logs()}")
+        first = next_run([])
         redis_client.hset(state_key, "paused", 1)
         wait_for(lambda: f"paused {first}" in events(), 10,
                  f"the run to see the pause\n{c.logs()}")
 
         redis_client.hset(state_key, "paused", 0)
-        second = wait_for(lambda: [r for r in started_runs() if r != first], 20,
-                          f"a run after resume\n{c.logs()}")[0]
+        second = next_run([first])
         redis_client.hset(state_key, "running", 0)
         wait_for(lambda: f"stopped {second}" in events(), 10,
                  f"the run to see the stop\n{c.logs()}")
-        wait_for(lambda: len(store.history("cooperative")) >= 2, 10,
-                 f"both runs recorded\n{c.logs()}")
+
+        redis_client.hset(state_key, "running", 1)
+        third = next_run([first, second])
+        redis_client.delete(f"{prefix}:cooperative:lease")  # as if it had expired
+        wait_for(lambda: f"lost {third}" in events(), 10,
+                 f"the run to see its lease lost\n{c.logs()}")
+        redis_client.hset(state_key, "paused", 1)  # any run started since ends now
+        wait_for(lambda: len(store.history("cooperative")) >= 3, 10,
+                 f"the runs recorded\n{c.logs()}")
         history = {row["run_id"]: row for row in store.history("cooperative")}
 
-    assert events() == [f"started {first}", f"paused {first}",
-                        f"started {second}", f"stopped {second}"]
-    # Both runs ended early (the update would have lasted 30 s) and ended well.
-    for run_id in (first, second):
+    seen = events()
+    assert seen[:5] == [f"started {first}", f"paused {first}",
+                        f"started {second}", f"stopped {second}", f"started {third}"], seen
+    # Another worker may start a run before the third notices; nothing else ended the third.
+    assert [e for e in seen if e.endswith(third)] == [f"started {third}", f"lost {third}"], seen
+    # Every run ended early (the update would have lasted 30 s) and ended well.
+    for run_id in (first, second, third):
         assert history[run_id]["outcome"] == "ok", history
         assert history[run_id]["duration"] < 10, history
+    assert history[third]["lease_lost"] is True, history

@@ -1,6 +1,6 @@
-"""A long update that polls ``self.paused`` and ``self.running`` and returns early when either
-says so (cooperative pause/stop). It logs what it saw to a Redis list, oldest first:
-``started <run_id>``, then ``paused <run_id>`` or ``stopped <run_id>`` or ``done <run_id>``."""
+"""A long update that polls ``self.paused``, ``self.running`` and ``self.lease_lost`` and returns
+early when one says so (cooperative pause/stop). It logs what it saw to a Redis list, oldest
+first: ``started <run_id>``, then ``paused``, ``stopped``, ``lost`` or ``done <run_id>``."""
 
 import asyncio
 import os
@@ -31,6 +31,9 @@ class Cooperative(AbstractService):
                 return
             if not self.running:
                 self._say("stopped")
+                return
+            if self.lease_lost:
+                self._say("lost")
                 return
             await asyncio.sleep(0.05)
         self._say("done")
