@@ -20,7 +20,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
 
 migrate: $(STAMP)
 	$(BIN)/svc migrate

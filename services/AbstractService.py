@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from services import SYSTEM_ID, logs
 from services.config import resolve_config
-from services.errors import StateUnavailableError
+from services.errors import StateCorruptError, StateUnavailableError
 from services.lease import LeaseKeeper
 from services.runner import describe, run_once
 from services.state import FinishResult, RunTicket, StateStore, default_store, worker_identity
@@ -261,10 +261,11 @@ class AbstractService(ABC):
             while not self._stop_event.is_set():
                 try:
                     report = await run_once(self, kind, keeper)
-                except StateUnavailableError as exc:
-                    logger.error("%s: %s; trying again in %ss", self.name, exc,
-                                 self.retry_delay_seconds)
-                    await self._wait(self.retry_delay_seconds)
+                except (StateUnavailableError, StateCorruptError) as exc:
+                    # At least a second apart, so a zero retry delay cannot flood the log.
+                    pause = max(self.retry_delay_seconds, 1.0)
+                    logger.error("%s: %s; trying again in %ss", self.name, exc, pause)
+                    await self._wait(pause)
                     continue
                 kind, wait = self._next_step(report)
                 if wait is None:

@@ -28,6 +28,10 @@ class StateUnavailableError(ServiceError):
     """Redis, which holds every service's state, cannot be reached."""
 
 
+class StateCorruptError(ServiceError):
+    """A state key holds a value of the wrong Redis type; nothing runs until it is fixed."""
+
+
 class DatabaseConfigError(ServiceError):
     """DATABASE_URL is malformed, names a missing driver, or cannot connect."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 from redis import Redis
 
-from services.errors import StateUnavailableError
+from services.errors import StateCorruptError, StateUnavailableError
 from services.keys import Keys, validate_name
 from services.scripts import Scripts
 from services.settings import Settings, get_settings, redact_url
@@ -195,6 +195,14 @@ class StateStore:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StateUnavailableError(f"cannot reach Redis at {self.redis_url}: {exc}") from exc
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            # Someone replaced a state key with another type (SET instead of HSET): refuse to
+            # run, say which keys, and keep the process alive until it is fixed.
+            raise StateCorruptError(
+                f"a state key under {self.keys.prefix}: holds the wrong Redis type ({exc}); "
+                f"expected the documented layout (see services/keys.py)") from exc
 
     # -- runs ------------------------------------------------------------------------------
 
