@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -341,6 +342,46 @@ def test_sigkill_mid_run_frees_the_service_after_the_lease_and_is_not_replayed(
     assert row["worker"] == new_token.split("@", 1)[1]
 
 
+def test_sigkill_of_a_pool_process_mid_run_is_recovered_after_the_lease(
+        tmp_path: Path, prefix: str, redis_url: str) -> None:
+    # The OOM killer's way: only the pool process dies; its worker lives on and forks another.
+    lease = 3.0
+    with cluster(tmp_path, prefix, redis_url, ["sleeper"], lease_seconds=lease,
+                 env={"SLEEPER_SECONDS": "4"}) as c:
+        workers = [c.worker("w1"), c.worker("w2")]
+        c.beat()
+        store = c.store()
+        ((killed_token, _),) = wait_for(lambda: store.lease_holders("sleeper"), 20,
+                                        f"a run of sleeper to start\n{c.logs()}")
+        state = store.read("sleeper")
+        killed_pid = int(killed_token.rsplit(":", 1)[1])
+        owner = worker_of(c, killed_token.split("@", 1)[1])
+        os.kill(killed_pid, signal.SIGKILL)
+        wait_for(lambda: "exited with 'signal 9 (SIGKILL)'" in owner.output(), 10,
+                 f"the worker to notice its pool process died\n{c.logs()}")
+
+        ((new_token, _),) = wait_for(
+            lambda: [h for h in store.lease_holders("sleeper") if h[0] != killed_token], 20,
+            f"another run after the lease expired\n{c.logs()}")
+        new_state = store.read("sleeper")
+        new_run_id = new_token.split("@", 1)[0]
+        wait_for(lambda: any(row["run_id"] == new_run_id for row in store.history("sleeper")),
+                 20, f"the new run to finish\n{c.logs()}")
+        history = store.history("sleeper")
+        alive = [w.popen.poll() is None for w in workers]
+        for worker in workers:
+            c.kill(worker)
+
+    assert alive == [True, True]
+    assert int(new_token.rsplit(":", 1)[1]) != killed_pid
+    assert state.last_started_at is not None and new_state.last_started_at is not None
+    assert new_state.last_started_at - state.last_started_at >= lease - 0.002
+    # The killed tick was acknowledged on receipt: it is neither retried nor replayed.
+    assert new_state.runs == state.runs + 1
+    assert [row["run_id"] for row in history] == [new_run_id], history
+    assert history[0]["outcome"] == "ok" and not history[0]["lease_lost"]
+
+
 # -- duplicate ticks ---------------------------------------------------------------------------
 
 
@@ -476,6 +517,27 @@ def test_a_long_update_keeps_its_lease(tmp_path: Path, prefix: str, redis_url: s
         assert state.last_started_at >= first["finished_at"], (state, first)
     assert "not running: leased" in logs, logs
     assert "lost its lease" not in logs, logs
+
+
+def test_recycled_pool_processes_configure_and_clean_up_once_each(
+        tmp_path: Path, prefix: str, redis_url: str, redis_client: redis.Redis) -> None:
+    configured = probe_key(prefix, "lifecycle", "configured")
+    cleaned = probe_key(prefix, "lifecycle", "cleaned")
+    with cluster(tmp_path, prefix, redis_url, ["lifecycle"]) as c:
+        w1 = c.worker("w1", concurrency=1, extra=["--max-tasks-per-child", "2"])
+        c.beat()
+        store = c.store()
+        # Every pool process runs two ticks, then exits and is replaced.
+        wait_for(lambda: len(redis_client.hgetall(configured)) >= 3, 20,
+                 f"pool processes to be replaced\n{c.logs()}")
+        wait_runs(store, "lifecycle", 2, cluster=c)
+        c.stop(w1)
+        built = redis_client.hgetall(configured)
+        done = redis_client.hgetall(cleaned)
+
+    assert set(built.values()) == {"1"}, built
+    # Each retired process cleaned up what it built, once; so did the last one at shutdown.
+    assert done == built, (built, done)
 
 
 # -- cooperative pause -------------------------------------------------------------------------
