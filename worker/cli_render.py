@@ -116,7 +116,7 @@ def last_run_text(status: ServiceStatus) -> str:
 def service_table(statuses: list[ServiceStatus]) -> Table:
     table = Table(pad_edge=False)
     for title in ("SERVICE", "STATE", "FAILURES", "INTERVAL", "LAST RUN", "LAST SUCCESS",
-                  "NEXT TICK"):
+                  "NEXT TICK", "LEASE"):
         # A long stop reason is cut here; `svc status NAME` shows it whole.
         table.add_column(title, no_wrap=True, overflow="ellipsis",
                          max_width=48 if title == "STATE" else None)
@@ -125,7 +125,8 @@ def service_table(statuses: list[ServiceStatus]) -> Table:
             status.name, condition_text(status), failures_text(status),
             seconds_text(status.config.interval_seconds if status.config else None),
             last_run_text(status), when(status.state.last_success_at, status.now),
-            next_tick_text(status))
+            next_tick_text(status),
+            ", ".join(lease.worker for lease in status.leases) or "-")
     return table
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make sure Debian's headless Chromium and its chromedriver are installed, for the Flower
-# browser test. `make test` calls this; it is quick when both are already there.
+# Make sure Debian's headless Chromium and its chromedriver (and a font, so that screenshots
+# show text) are installed, for the Flower browser test. `make test` calls this; it returns
+# at once when both are already there.
 # Installing needs root (as on CI and developer machines here) and a reachable Debian mirror.
 set -euo pipefail
 
@@ -25,6 +26,7 @@ echo "ensure_chromium: installing chromium and chromium-driver with apt-get" >&2
 export DEBIAN_FRONTEND=noninteractive
 # The package lists may be missing or stale on a fresh machine: refresh them first.
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core \
+    >/dev/null
 "$CHROMIUM" --version >&2
 "$DRIVER" --version >&2

@@ -79,14 +79,21 @@ def test_pause_resume_stop_start_reach_workers_and_the_audit(make_cluster, svc_f
 
 
 def test_pause_wait_returns_once_the_run_in_progress_finished(make_cluster, svc_for) -> None:
-    cluster = make_cluster(["slow"], env={"SLOW_SECONDS": "2.5"})
+    cluster = make_cluster(["slow"], env={"SLOW_SECONDS": "3.5"})
     cluster.worker("w1")
     svc: Svc = svc_for(cluster)
     store = cluster.store()
 
     sent = svc.json("trigger", "slow")
     assert sent[0]["will_run"] is True
-    wait_for(lambda: store.lease_holders("slow"), 20, "slow's run to start")
+    ((token, _),) = wait_for(lambda: store.lease_holders("slow"), 20, "slow's run to start")
+    run_id, worker_id = token.split("@")
+    # Who holds the lease, in every form.
+    assert f"{run_id} on {worker_id}" in svc("status", "slow").stdout
+    assert "running (run in progress)" in svc("list").stdout
+    assert worker_id in svc("list").stdout
+    leases = svc.json("status", "slow")["service"]["leases"]
+    assert [(lease["run_id"], lease["worker"]) for lease in leases] == [(run_id, worker_id)]
 
     started = time.monotonic()
     report = svc.json("pause", "slow", "--wait", "--timeout", "30")
