@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import redis
 import typer
+from kombu.exceptions import OperationalError
 
 from services import logs
 from services.errors import (
@@ -63,7 +64,8 @@ def edge(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click_context()
+        ctx = kwargs.get("ctx") or next((a for a in args if isinstance(a, typer.Context)), None)
+        settings = ctx.obj.settings if ctx is not None and ctx.obj is not None else None
         try:
             return command(*args, **kwargs)
         except (UnknownServiceError, InvalidNameError) as exc:
@@ -73,19 +75,16 @@ def edge(command: F) -> F:
         except (StateUnavailableError, DatabaseConfigError) as exc:
             raise fail(str(exc), EXIT_FAILED) from None
         except redis.RedisError as exc:
-            url = redact_url(ctx.obj.settings.redis_url) if ctx and ctx.obj else "?"
+            url = redact_url(settings.redis_url) if settings else "?"
             raise fail(f"Redis at {url} failed: {type(exc).__name__}: {exc}",
                        EXIT_FAILED) from None
+        except OperationalError as exc:  # kombu: the broker (svc trigger)
+            url = redact_url(settings.effective_broker_url) if settings else "?"
+            raise fail(f"cannot reach the broker at {url}: {exc}", EXIT_FAILED) from None
         except OSError as exc:  # the broker, or a port for svc metrics
             raise fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def click_context() -> typer.Context | None:
-    import click
-
-    return click.get_current_context(silent=True)  # type: ignore[return-value]
 
 
 @app.callback()

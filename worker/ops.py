@@ -8,6 +8,7 @@ given once, at the edge (the CLI's callback), never read here.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import socket
 import time
@@ -276,8 +277,6 @@ class Operator:
 
 
 def _json_or_none(text: str) -> dict[str, Any] | None:
-    import json
-
     try:
         value = json.loads(text)
     except ValueError:

@@ -133,6 +133,13 @@ def test_unreachable_redis_is_one_line_without_the_password(svc: Svc) -> None:
     result = svc("list", REDIS_URL=url)
     assert result.exit_code == 1 and "cannot reach Redis" in result.stderr
 
+    # Redis answers but the broker does not: svc trigger says which one, in one line.
+    proc = svc.run("trigger", "ticker", CELERY_BROKER_URL=url)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        proc.stderr.strip()] and "cannot reach the broker at redis://:***@" in proc.stderr
+    assert "hunter2" not in proc.stderr
+
 
 def test_corrupt_fields_and_registry_errors_are_shown(svc: Svc, store, prefix: str) -> None:
     keys = Keys(prefix)
