@@ -1,0 +1,48 @@
+"""The raw Celery no-op task the wrapper is compared with, on the worker's own app.
+
+Loaded into the benchmark's worker with ``celery -A worker worker -I bench.raw_tasks``; the
+worker's code is unchanged. Its only work is counting itself done (``bench.counters``),
+exactly what the no-op service's ``update()`` does.
+
+With ``BENCH_BREAKDOWN=1`` (``overhead.py --breakdown``) this module also times, in every
+worker process, ``ProcessRuntime.run`` (the whole wrapper inside the task body) and the
+guard and finish calls of the state store, so the bench can split the wrapper's cost per run
+without a profiler's distortion. It costs about a microsecond per run, so the reference
+figures are taken without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from time import perf_counter_ns
+from typing import Any
+
+from bench import counters
+from services.state import StateStore
+from worker.celery_app import app
+from worker.runtime import ProcessRuntime
+
+
+@app.task(name=counters.RAW_TASK, ignore_result=True, acks_late=False)
+def raw_noop() -> None:
+    counters.bump(counters.RAW)
+
+
+def _timed(fn: Callable[..., Any], field: int) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = perf_counter_ns()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            counters.bump(field, perf_counter_ns() - start)
+
+    return timed
+
+
+if os.environ.get("BENCH_BREAKDOWN") == "1":
+    ProcessRuntime.run = _timed(ProcessRuntime.run, counters.RUN_NS)  # type: ignore[method-assign]
+    StateStore.begin = _timed(StateStore.begin, counters.BEGIN_NS)  # type: ignore[method-assign]
+    StateStore.finish = _timed(StateStore.finish, counters.FINISH_NS)  # type: ignore[method-assign]

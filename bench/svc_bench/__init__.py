@@ -1,0 +1,1 @@
+"""Services used only by the benchmarks (``SVC_PACKAGES=bench.svc_bench``)."""
