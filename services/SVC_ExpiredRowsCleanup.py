@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, Table, bindparam
 from services.AbstractService import AbstractService
 from services.db import require_tables
 from services.locking import delete_rows
-from services.models import SENT, OutboxMessage, utcnow
+from services.models import SENT, OutboxMessage, status_is, utcnow
 from services.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class ExpiredRowsCleanup(AbstractService):
         outbox = OutboxMessage.__table__
         return [CleanupTarget(
             "sent outbox messages", outbox,
-            (outbox.c.status == SENT) & (outbox.c.sent_at < bindparam("cutoff")),
+            status_is(outbox.c.status, SENT) & (outbox.c.sent_at < bindparam("cutoff")),
             (outbox.c.sent_at,), self.retention_seconds)]
 
     async def update(self) -> None:

@@ -94,10 +94,13 @@ class Claim:
     """A claim prepared once and run many times (statements are built once per backend).
 
     ``where`` selects the claimable rows and ``values`` is the state change (both may use
-    ``bindparam("name")``, given at call time); ``order_by`` defaults to the primary key;
-    ``returning`` defaults to every column. Calling it returns the claimed rows, as they are
-    after the change, in no particular order (``order_by`` decides which rows are taken);
-    the caller commits (or rolls back, which releases the rows).
+    ``bindparam("name")``, given at call time). Write the part of ``where`` that a partial
+    index's predicate covers as literal SQL (``literal_column("'pending'")``, not a Python
+    value): statements are prepared, and PostgreSQL's generic plan for a bound value cannot
+    use a partial index, so each claim would walk every row. ``order_by`` defaults to the
+    primary key; ``returning`` defaults to every column. Calling it returns the claimed rows,
+    as they are after the change, in no particular order (``order_by`` decides which rows
+    are taken); the caller commits (or rolls back, which releases the rows).
     """
 
     def __init__(

@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -37,6 +38,15 @@ NAMING = {
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
 OUTBOX_STATUSES = (PENDING, SENT, DEAD)
+
+
+def status_is(column: Any, status: str) -> Any:
+    """``column = '<status>'`` with the value written into the SQL, not bound: PostgreSQL can
+    use a partial index (``WHERE status = 'pending'``) only when the query states its
+    predicate literally; a generic plan for a prepared statement with a parameter cannot."""
+    if status not in OUTBOX_STATUSES:
+        raise ValueError(f"unknown outbox status {status!r}")
+    return column == literal_column(f"'{status}'")
 
 
 def utcnow() -> datetime:

@@ -35,7 +35,15 @@ from sqlalchemy.orm import Session
 from services.errors import ServiceConfigError
 from services.keys import Keys
 from services.locking import Claim
-from services.models import DEAD, PENDING, SENT, OutboxMessage, new_message_id, utcnow
+from services.models import (
+    DEAD,
+    PENDING,
+    SENT,
+    OutboxMessage,
+    new_message_id,
+    status_is,
+    utcnow,
+)
 from services.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -203,7 +211,7 @@ class OutboxDispatch:
         c = OUTBOX.c
         self.claim = Claim(
             OUTBOX,
-            where=(c.status == PENDING) & (c.available_at <= bindparam("now")),
+            where=status_is(c.status, PENDING) & (c.available_at <= bindparam("now")),
             # Pushing available_at to the claim's end makes an abandoned claim lapse by itself
             # and keeps claimed rows out of the partial index's range the next claim scans.
             values={"attempts": c.attempts + 1, "available_at": bindparam("until"),

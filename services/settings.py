@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     """SVC_DB_POOL_SIZE: connections each worker process keeps open (not SQLite)."""
     db_max_overflow: int = Field(5, ge=0)
     db_pool_recycle_seconds: int = 1800
+    db_ping_after_idle_seconds: float = Field(5.0, ge=0)
+    """SVC_DB_PING_AFTER_IDLE_SECONDS: a pooled connection idle longer than this is checked
+    (one round trip) before use; 0 checks every time (SQLAlchemy's pre-ping)."""
     db_connect_timeout_seconds: int = Field(10, ge=1)
     """SVC_DB_CONNECT_TIMEOUT_SECONDS: a database that does not answer fails after this."""
     db_sqlite_busy_timeout_ms: int = Field(30000, ge=0)

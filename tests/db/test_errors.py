@@ -103,3 +103,35 @@ def test_a_service_on_an_unmigrated_database_fails_clearly_and_counts_it(
 def test_schema_url_keeps_the_schema_in_the_options() -> None:
     url = schema_url("postgresql+psycopg://u@h/db", "abc")
     assert make_url(url).query["options"] == "-csearch_path=abc"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("idle_seconds", [0.0, 3600.0])
+def test_a_pooled_connection_the_server_closed_while_idle(pg_url: str,
+                                                          idle_seconds: float) -> None:
+    """Idle longer than SVC_DB_PING_AFTER_IDLE_SECONDS: checked and replaced unseen. Used a
+    moment ago: not checked (no round trip), so a connection that died anyway fails once."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from services.settings import load_settings
+    from tests.waiting import wait_for
+
+    engine = db.create_db_engine(pg_url, load_settings(db_ping_after_idle_seconds=idle_seconds))
+    admin = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            wait_for(lambda: not conn.execute(text(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}).first(),
+                10, "the backend to go")
+        if idle_seconds:
+            with pytest.raises(OperationalError), engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()
+        admin.dispose()

@@ -251,3 +251,40 @@ def test_targets_without_one_primary_key_column_are_refused() -> None:
                   Column("b", Integer, primary_key=True))
     with pytest.raises(ValueError, match="single-column primary key"):
         Claim(pairs, where=pairs.c.a > 0, values={})
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("which", ["claim", "cleanup"])
+def test_prepared_statements_use_the_partial_indexes(pg_db_url: str, which: str) -> None:
+    """Statements are prepared after a few runs, and PostgreSQL may then plan them once for
+    any parameter values. Such a generic plan can use a partial index only if the status is
+    written into the SQL; with it bound, every claim would walk every row already sent."""
+    import re
+
+    from sqlalchemy.dialects import postgresql
+
+    from services.outbox import OutboxDispatch, OutboxOptions
+    from services.SVC_ExpiredRowsCleanup import ExpiredRowsCleanup
+
+    if which == "claim":
+        statement = OutboxDispatch(OutboxOptions()).claim._statement
+        index = "ix_svc_outbox_pending"
+    else:
+        cleanup = ExpiredRowsCleanup.__new__(ExpiredRowsCleanup)  # targets() needs no setup
+        cleanup.retention_seconds = 60
+        target = cleanup.targets()[0]
+        statement = select(T.c.id).where(target.expired).order_by(*target.order_by).limit(10)
+        index = "ix_svc_outbox_sent"
+    sql = str(statement.compile(dialect=postgresql.dialect()))
+    names: list[str] = []
+    for name in re.findall(r"%\((\w+)\)s", sql):
+        if name not in names:
+            names.append(name)
+    numbered = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m.group(1)) + 1}", sql)
+    with db.transaction(pg_db_url) as session:
+        session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        session.execute(text(f"PREPARE probe AS {numbered}"))
+        unknown = ", ".join("NULL" for _ in names)
+        plan = "\n".join(session.scalars(text(f"EXPLAIN EXECUTE probe({unknown})")))
+        session.execute(text("DEALLOCATE probe"))
+    assert index in plan, plan
