@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,25 @@ def unacked_tasks(client: redis.Redis, prefix: str) -> dict[str, str]:
     Kombu puts them back in the queue after the visibility timeout (an hour by default)."""
     raw = client.hgetall(f"{prefix}-broker:unacked")
     return {tag: json.loads(value)[0]["headers"]["id"] for tag, value in raw.items()}
+
+
+def wait_held(client: redis.Redis, prefix: str, cluster: Cluster,
+              seconds: float = 1.0) -> dict[str, str]:
+    """Unacknowledged messages that stayed so for ``seconds``: held by a busy worker, not the
+    ones an idle worker takes and acknowledges at once."""
+    first_seen: dict[str, float] = {}
+
+    def held() -> dict[str, str]:
+        now = time.monotonic()
+        current = unacked_tasks(client, prefix)
+        for tag in list(first_seen):
+            if tag not in current:
+                del first_seen[tag]
+        for tag in current:
+            first_seen.setdefault(tag, now)
+        return {tag: task for tag, task in current.items() if now - first_seen[tag] >= seconds}
+
+    return wait_for(held, 10, f"a busy worker to hold a prefetched tick\n{cluster.logs()}")
 
 
 def restore_unacked(redis_url: str, prefix: str, tags: list[str]) -> None:
@@ -288,7 +308,7 @@ def test_sigkill_mid_run_frees_the_service_after_the_lease_and_is_not_replayed(
         tmp_path: Path, prefix: str, redis_url: str, redis_client: redis.Redis) -> None:
     lease = 3.0
     with cluster(tmp_path, prefix, redis_url, ["sleeper"], lease_seconds=lease,
-                 env={"SLEEPER_SECONDS": "4"}) as c:
+                 env={"SLEEPER_SECONDS": "6"}) as c:
         c.worker("w1")
         c.worker("w2")
         c.beat()
@@ -300,9 +320,9 @@ def test_sigkill_mid_run_frees_the_service_after_the_lease_and_is_not_replayed(
         victim = worker_of(c, killed_token.split("@", 1)[1])
         # While its pool process is busy, the victim's main process has prefetched the next
         # tick (prefetch 1, acks early): a message that dies with it, unacknowledged.
-        held = wait_for(lambda: unacked_tasks(redis_client, prefix), 10,
-                        f"the busy worker to prefetch a tick\n{c.logs()}")
+        held = wait_held(redis_client, prefix, c)
         c.kill(victim)
+        assert [t for t, _ in store.lease_holders("sleeper")] == [killed_token]  # mid-run
         assert store.client.hget(f"{prefix}:sleeper", "last_run_id") == killed_token
         killed_started = state.last_started_at
         assert killed_started is not None
@@ -321,6 +341,7 @@ def test_sigkill_mid_run_frees_the_service_after_the_lease_and_is_not_replayed(
 
         # "Hours later" the broker hands the dead worker's messages out again: the ticks have
         # expired by then and are dropped, not replayed.
+        assert set(held) <= set(unacked_tasks(redis_client, prefix)), held
         restore_unacked(redis_url, prefix, list(held))
         for task_id in held.values():
             wait_for(lambda t=task_id: f"Discarding revoked task: svc.sleeper[{t}]"
@@ -331,7 +352,7 @@ def test_sigkill_mid_run_frees_the_service_after_the_lease_and_is_not_replayed(
         wait_for(lambda: any(row["run_id"] == new_run_id for row in store.history("sleeper")),
                  20, f"the new run to finish\n{c.logs()}")
         history = store.history("sleeper")
-        c.kill(survivor)  # its next 4 s run would only slow the shutdown down
+        c.kill(survivor)  # its next 6 s run would only slow the shutdown down
 
     killed_run_id = killed_token.split("@", 1)[0]
     assert [row["run_id"] for row in history] == [new_run_id], history
