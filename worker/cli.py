@@ -36,9 +36,7 @@ from worker.ops import InvalidNameError, Operator
 app = typer.Typer(
     name="svc", no_args_is_help=True, add_completion=False,
     # Expected failures get one clear line below; a traceback means a bug, so keep it plain.
-    pretty_exceptions_enable=False,
-    help="Operate periodic services: status, pause/resume/stop/start, trigger, history, "
-         "metrics.")
+    pretty_exceptions_enable=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_FAILED = 1
@@ -81,7 +79,7 @@ def edge(command: F) -> F:
         except OperationalError as exc:  # kombu: the broker (svc trigger)
             url = redact_url(settings.effective_broker_url) if settings else "?"
             raise fail(f"cannot reach the broker at {url}: {exc}", EXIT_FAILED) from None
-        except OSError as exc:  # the broker, or a port for svc metrics
+        except OSError as exc:  # e.g. svc metrics' port already taken
             raise fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED) from None
 
     return wrapper  # type: ignore[return-value]
@@ -91,9 +89,10 @@ def edge(command: F) -> F:
 def setup(ctx: typer.Context) -> None:
     """Operate periodic services: status, pause/resume/stop/start, trigger, history, metrics.
 
-    Exit codes: 0 done, 1 Redis/broker unreachable or --wait timed out, 2 bad usage or unknown
-    service. Reads REDIS_URL, SVC_KEY_PREFIX, SVC_PACKAGES, SVC_SERVICES and the other settings from
-    the environment (or .env)."""
+    Settings (REDIS_URL, SVC_KEY_PREFIX, SVC_PACKAGES, ...) come from the environment or .env.
+    Exit codes: 0 done; 1 Redis, the broker or the database unreachable, or --wait timed out;
+    2 bad usage, or an unknown or malformed service name.
+    """
     if ctx.obj is None:
         try:
             settings = load_settings()
