@@ -101,6 +101,15 @@ class Cluster:
         if sig == signal.SIGKILL:
             proc.popen.wait(timeout=10)
 
+    def warm_stop(self, proc: Proc, timeout: float = 20) -> None:
+        """SIGTERM to the main process only (what ``docker stop`` does): Celery's warm
+        shutdown, which lets a running task finish. ``stop()`` signals the whole process group
+        instead, so a pool process mid-run is interrupted."""
+        if proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+                proc.popen.wait(timeout=timeout)
+
     def stop(self, proc: Proc, timeout: float = 20) -> None:
         if proc.popen.poll() is None:
             try:

@@ -492,24 +492,61 @@ def test_configure_service_runs_once_per_worker_process(
 
 
 @pytest.mark.parametrize("pool", ["prefork", "solo"])
-def test_cleanup_runs_on_warm_shutdown(
+def test_warm_shutdown_lets_the_run_finish_then_cleans_up(
         tmp_path: Path, prefix: str, redis_url: str, redis_client: redis.Redis,
         pool: str) -> None:
     configured = probe_key(prefix, "lifecycle", "configured")
     cleaned = probe_key(prefix, "lifecycle", "cleaned")
-    with cluster(tmp_path, prefix, redis_url, ["lifecycle"]) as c:
+    with cluster(tmp_path, prefix, redis_url, ["lifecycle"],
+                 env={"LIFECYCLE_SECONDS": "1.5"}) as c:
         w1 = c.worker("w1", pool=pool, concurrency=2 if pool == "prefork" else 1)
         c.beat()
         store = c.store()
-        wait_runs(store, "lifecycle", 2, cluster=c)
+        ((token, _),) = wait_for(lambda: store.lease_holders("lifecycle"), 20,
+                                 f"a run to start\n{c.logs()}")
         assert redis_client.hgetall(cleaned) == {}
-        c.stop(w1)  # SIGTERM: warm shutdown
+        c.warm_stop(w1)  # SIGTERM to the main process, mid-run
         assert w1.popen.returncode == 0, w1.output()[-3000:]
+        history = store.history("lifecycle")
         built = redis_client.hgetall(configured)
         done = redis_client.hgetall(cleaned)
 
+    # The run in progress finished normally before the worker exited...
+    run = next(row for row in history if row["token"] == token)
+    assert run["outcome"] == "ok" and run["duration"] >= 1.5, run
+    assert store.lease_holders("lifecycle") == []
+    # ...and cleanup() ran once in every process that built the service.
     assert len(built) == (2 if pool == "prefork" else 1), built
-    # cleanup() ran once in every process that built the service.
+    assert done == built, (built, done)
+
+
+def test_sigterm_to_every_worker_process_interrupts_the_run_and_frees_the_lease(
+        tmp_path: Path, prefix: str, redis_url: str, redis_client: redis.Redis) -> None:
+    # systemd (KillMode=control-group) and Ctrl-C signal every process of the worker: the
+    # pool process mid-run is interrupted. That is a shutdown, not the service's failure.
+    configured = probe_key(prefix, "lifecycle", "configured")
+    cleaned = probe_key(prefix, "lifecycle", "cleaned")
+    with cluster(tmp_path, prefix, redis_url, ["lifecycle"], lease_seconds=30,
+                 env={"LIFECYCLE_SECONDS": "20"}) as c:
+        w1 = c.worker("w1")
+        c.beat()
+        store = c.store()
+        ((token, _),) = wait_for(lambda: store.lease_holders("lifecycle"), 20,
+                                 f"a run to start\n{c.logs()}")
+        c.stop(w1)  # SIGTERM to the process group
+        # Freed now, not when the 30 s lease would have expired.
+        holders = store.lease_holders("lifecycle")
+        state = store.read("lifecycle")
+        history = store.history("lifecycle")
+        built = redis_client.hgetall(configured)
+        done = redis_client.hgetall(cleaned)
+
+    assert holders == []
+    (run,) = history
+    assert run["token"] == token
+    assert run["outcome"] == "interrupted", run
+    assert run["duration"] < 20, run
+    assert state.failures == 0 and state.running, state
     assert done == built, (built, done)
 
 

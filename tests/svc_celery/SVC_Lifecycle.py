@@ -1,8 +1,9 @@
 """Counts, per process, how often it is configured and cleaned up (Redis hashes pid -> count),
 so tests can check ``_configure_service()`` runs once per worker process and ``cleanup()``
-runs on worker shutdown."""
+runs on worker shutdown. Its update blocks ``LIFECYCLE_SECONDS`` (default 0)."""
 
 import os
+import time
 
 from services.AbstractService import AbstractService
 from tests.svc_celery.probes import probe_key
@@ -18,10 +19,12 @@ class Lifecycle(AbstractService):
         self.state.client.hincrby(key, str(os.getpid()), 1)
 
     def _configure_service(self) -> None:
+        self.seconds = float(os.environ.get("LIFECYCLE_SECONDS", "0"))
         self._probe("configured")
 
     async def update(self) -> None:
-        pass
+        if self.seconds:
+            time.sleep(self.seconds)  # noqa: ASYNC251 - blocks the loop on purpose, like sync DB calls
 
     def cleanup(self) -> None:
         super().cleanup()
