@@ -47,6 +47,11 @@ def build_schedule(registry: Registry) -> dict[str, dict[str, Any]]:
     }
 
 
+def service_queues(registry: Registry) -> list[str]:
+    """The queues services name for themselves, each once."""
+    return sorted({spec.config.queue for spec in registry.specs.values() if spec.config.queue})
+
+
 def build_routes(registry: Registry) -> dict[str, dict[str, str]]:
     """``task_routes`` for services that name their own queue."""
     return {task_name(name): {"queue": spec.config.queue}

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
+from kombu import Exchange, Queue
 
-from beat_schedule import build_routes, build_schedule
+from beat_schedule import build_routes, build_schedule, service_queues
 from services import logs
 from services.registry import Registry
 from services.settings import get_settings
@@ -47,6 +48,10 @@ app.conf.update(
     beat_schedule=build_schedule(registry),
     beat_schedule_filename=str(Path("var") / "celerybeat-schedule"),
     task_routes=build_routes(registry),
+    # A plain `celery -A worker worker` consumes the default queue and every queue a service
+    # names (otherwise such a service would never run); `-Q` still picks a subset.
+    task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name)
+                 for name in ["celery", *service_queues(registry)]],
     timezone="UTC",
     enable_utc=True,
 )

@@ -428,6 +428,27 @@ def test_two_beat_processes_cause_no_double_runs(
     assert refused >= 2, c.logs()
 
 
+# -- queues ----------------------------------------------------------------------------------
+
+
+def test_a_service_that_names_its_queue_runs_on_workers_that_consume_it(
+        tmp_path: Path, prefix: str, redis_url: str) -> None:
+    # Queued names the queue "svc-test-queued"; Ticker uses the default one.
+    with cluster(tmp_path, prefix, redis_url, ["queued", "ticker"]) as c:
+        only_default = c.worker("w1", extra=["-Q", "celery"])
+        plain = c.worker("w2")  # no -Q: every queue the services name, and the default
+        c.beat()
+        store = c.store()
+        queued = wait_runs(store, "queued", 4, cluster=c)
+        wait_runs(store, "ticker", 2, cluster=c)
+        plain_pids = pool_pids(plain)
+        default_log = only_default.output()
+
+    assert {int(row["worker"].rsplit(":", 1)[1]) for row in queued} <= plain_pids, queued
+    assert "Task svc.queued[" not in default_log
+    assert "Task svc.ticker[" in default_log + plain.output()
+
+
 # -- serialization -----------------------------------------------------------------------------
 
 

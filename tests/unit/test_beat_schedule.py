@@ -15,6 +15,7 @@ from beat_schedule import (
     MIN_TICK_EXPIRES_SECONDS,
     build_routes,
     build_schedule,
+    service_queues,
     task_name,
     tick_expires,
     tick_options,
@@ -94,6 +95,8 @@ def test_a_service_that_names_a_queue_is_routed_and_scheduled_there() -> None:
     assert schedule["svc.queued.reports"]["options"]["queue"] == "reports"
     assert "queue" not in schedule["svc.hourly"]["options"]
     assert build_routes(registry) == {"svc.queued.reports": {"queue": "reports"}}
+    assert service_queues(registry) == ["reports"]
+    assert service_queues(registry_of(Hourly)) == []
     assert tick_options(resolve_config(Queued, environ={})) == {"expires": 10.0,
                                                                 "queue": "reports"}
 
