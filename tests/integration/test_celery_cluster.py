@@ -66,10 +66,11 @@ def worker_of(cluster: Cluster, worker_id: str) -> Proc:
     return next(proc for proc in cluster.procs if proc.pid == group)
 
 
-def publish_tick(redis_url: str, prefix: str, service: str, serializer: str) -> str:
+def publish_tick(redis_url: str, prefix: str, service: str, serializer: str,
+                 task_id: str | None = None) -> str:
     """Publish a Celery (protocol 2) message for ``svc.<service>`` straight to the test's
     broker, serialized with ``serializer``; returns its task id."""
-    task_id = str(uuid.uuid4())
+    task_id = task_id or str(uuid.uuid4())
     headers = {
         "lang": "py", "task": f"svc.{service}", "id": task_id, "root_id": task_id,
         "parent_id": None, "group": None, "retries": 0, "eta": None, "expires": None,
@@ -134,11 +135,13 @@ def test_service_runs_at_its_interval(tmp_path: Path, prefix: str, redis_url: st
     interval = 0.5
     with cluster(tmp_path, prefix, redis_url, ["ticker"],
                  env={"SVC_TICKER_INTERVAL_SECONDS": str(interval)}) as c:
-        c.worker("w1")
+        w1 = c.worker("w1")
         c.beat()
         store = c.store()
         history = wait_runs(store, "ticker", 10, cluster=c)
 
+    # Flower sees every run without extra flags: task events are on by default.
+    assert "task events: ON" in w1.output()
     assert all(row["outcome"] == "ok" for row in history), history
     between = gaps(history)
     # The guard never lets two ticks closer than the tick gap run.
@@ -426,6 +429,44 @@ def test_two_beat_processes_cause_no_double_runs(
     # Two Beats sent about twice the ticks; runs stayed at about one per interval.
     assert started <= max(sent) + 1, (started, sent)
     assert refused >= 2, c.logs()
+
+
+def test_a_tick_delivered_twice_runs_once(
+        tmp_path: Path, prefix: str, redis_url: str) -> None:
+    with cluster(tmp_path, prefix, redis_url, ["ticker"],
+                 env={"SVC_TICKER_INTERVAL_SECONDS": "5"}) as c:
+        workers = [c.worker("w1"), c.worker("w2")]  # no Beat: only this message
+        store = c.store()
+        task_id = publish_tick(redis_url, prefix, "ticker", "json")
+        publish_tick(redis_url, prefix, "ticker", "json", task_id=task_id)
+        logs = wait_for(
+            lambda: (text := "".join(w.output() for w in workers)).count(
+                f"svc.ticker[{task_id}] succeeded") >= 2 and text,
+            20, f"both deliveries to be handled\n{c.logs()}")
+        history = store.history("ticker")
+
+    assert len(history) == 1, history
+    assert store.read("ticker").runs == 1
+    assert "not running: duplicate" in logs
+
+
+def test_ticks_nobody_took_in_time_are_dropped_not_piled_up(
+        tmp_path: Path, prefix: str, redis_url: str) -> None:
+    # Ticker: interval 0.5 s, so its ticks expire after the 2 s floor.
+    with cluster(tmp_path, prefix, redis_url, ["ticker"]) as c:
+        beat = c.beat()
+        wait_for(lambda: beat.output().count("Sending due task svc.ticker") >= 10, 20,
+                 f"ticks to pile up with no worker\n{c.logs()}")
+        w1 = c.worker("w1")
+        store = c.store()
+        wait_runs(store, "ticker", 3, cluster=c)
+        log = w1.output()
+        history = runs(store, "ticker")
+
+    # The ticks sent more than 2 s before the worker came were discarded, unrun...
+    assert log.count("Discarding revoked task: svc.ticker[") >= 3, log
+    # ...and those still fresh were refused as duplicates: no burst of catch-up runs.
+    assert min(gaps(history)) >= tick_gap(0.5), history
 
 
 # -- queues ----------------------------------------------------------------------------------
