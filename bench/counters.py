@@ -8,8 +8,9 @@ this store) while the bench still knows exactly how many tasks have completed; t
 service's ``update()`` makes the very same store, so both sides pay the same.
 
 Slot layout (64 bytes): pid, raw tasks done, wrapped runs done, then nanoseconds spent in
-``ProcessRuntime.run``, ``StateStore.begin`` and ``StateStore.finish`` (written only when the
-bench asks for a breakdown, see ``bench.raw_tasks``), and spare room.
+``ProcessRuntime.run``, ``StateStore.begin`` and ``StateStore.finish``, and the CPU
+nanoseconds of the calling thread in ``ProcessRuntime.run`` and in the two store calls (all
+five written only when the bench asks for a breakdown, see ``bench.raw_tasks``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 ENV_VAR = "BENCH_COUNTERS"
 SLOTS = 64
 SLOT = struct.Struct("<8Q")
-RAW, WRAPPED, RUN_NS, BEGIN_NS, FINISH_NS = 1, 2, 3, 4, 5
+RAW, WRAPPED, RUN_NS, BEGIN_NS, FINISH_NS, RUN_CPU_NS, SCRIPTS_CPU_NS = 1, 2, 3, 4, 5, 6, 7
 FIELDS = 8
 RAW_TASK = "bench.raw_noop"
 """The raw no-op task's name (defined in ``bench.raw_tasks``)."""

@@ -43,7 +43,7 @@ ratio does not; both are printed, with the load average before and after.
 Targets (issue 3): prefork c=2 keeps >= 0.90 of raw throughput, solo >= 0.75, 2 round trips
 per run. ``--breakdown`` also times, inside the worker, ``ProcessRuntime.run`` and the guard
 and finish calls (see ``bench/raw_tasks.py``), to split the wrapper's cost per run; it adds
-about a microsecond per run, so the reference figures are taken without it. ``--profile FILE``
+a few microseconds per run, so the reference figures are taken without it. ``--profile FILE``
 runs the solo worker under cProfile and writes its stats to FILE (for ``python -m pstats``);
 the profiler slows everything, so its figures are not the reference ones.
 
@@ -446,13 +446,25 @@ def report(results: list[PoolResult], args: argparse.Namespace) -> bool:
             b = r.breakdown
             runs = b[counters.WRAPPED]
             extra = (1 / r.total("wrapped") - 1 / r.total("raw")) * 1e6 * r.concurrency
-            inside, begin, finish = (
-                b[i] / runs / 1e3 for i in (counters.RUN_NS, counters.BEGIN_NS, counters.FINISH_NS)
+            inside, begin, finish, inside_cpu, scripts_cpu = (
+                b[i] / runs / 1e3
+                for i in (
+                    counters.RUN_NS,
+                    counters.BEGIN_NS,
+                    counters.FINISH_NS,
+                    counters.RUN_CPU_NS,
+                    counters.SCRIPTS_CPU_NS,
+                )
             )
             log(
                 f"{r.label:>12}: ProcessRuntime.run {inside:.0f} (guard {begin:.0f}, finish "
                 f"{finish:.0f}, the rest {inside - begin - finish:.0f}); extra per task vs "
                 f"raw {extra:.0f}, so {extra - inside:.0f} outside the task body"
+            )
+            log(
+                f"{'':>12}  CPU of the worker's thread in ProcessRuntime.run {inside_cpu:.0f}, "
+                f"in guard + finish {scripts_cpu:.0f}: waiting on Redis "
+                f"{begin + finish - scripts_cpu:.0f} of the scripts' {begin + finish:.0f}"
             )
     for r in results:
         commands = ", ".join(f"{name} {count:.2f}" for name, count in sorted(r.commands.items()))
