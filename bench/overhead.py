@@ -522,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown pool(s): {', '.join(sorted(unknown))}")
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started ignoring it
     bench = Bench(args)
     log(
         f"bench {bench.prefix}: Redis {args.redis_url}, {os.cpu_count()} CPUs, "
