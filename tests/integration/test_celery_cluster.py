@@ -55,10 +55,6 @@ def tick_gap(interval: float) -> float:
     return interval - min(interval / 2, MAX_TICK_SLACK_SECONDS)
 
 
-def count(text: str, needle: str) -> int:
-    return text.count(needle)
-
-
 def worker_of(cluster: Cluster, worker_id: str) -> Proc:
     """The worker (its main process) that owns pool process ``host:pid``."""
     pid = int(worker_id.rsplit(":", 1)[1])
@@ -163,8 +159,7 @@ def test_slow_service_never_overlaps_itself_on_two_workers(
         c.beat()
         store = c.store()
         history = wait_runs(store, "slow", 5, cluster=c)
-        refused = count(w1.output(), "not running: leased") + count(
-            w2.output(), "not running: leased")
+        refused = (w1.output() + w2.output()).count("not running: leased")
 
     for row in history:
         assert row["outcome"] == "ok", row
@@ -196,7 +191,7 @@ def test_hset_paused_stops_every_worker_and_resume_brings_runs_back(
         runs_at_pause = store.read("ticker").runs
         # Every worker refuses ticks: each says so at least twice after the pause.
         for worker, mark in zip(workers, marks, strict=True):
-            wait_for(lambda w=worker, m=mark: count(w.output()[m:], "not running: paused") >= 2,
+            wait_for(lambda w=worker, m=mark: w.output()[m:].count("not running: paused") >= 2,
                      20, f"{worker.name} to refuse ticks while paused\n{c.logs()}")
         started_while_paused = [row for row in store.history("ticker", 100)
                                 if row["started_at"] > paused_at]
@@ -419,9 +414,9 @@ def test_two_beat_processes_cause_no_double_runs(
         store = c.store()
         wait_runs(store, "ticker", 6, cluster=c)
         started = store.read("ticker").runs
-        sent = [count(b.output(), "Sending due task svc.ticker") for b in beats]
+        sent = [b.output().count("Sending due task svc.ticker") for b in beats]
         history = runs(store, "ticker")
-        refused = sum(count(w.output(), "not running: duplicate") for w in workers)
+        refused = sum(w.output().count("not running: duplicate") for w in workers)
 
     assert min(sent) >= 3, c.logs()
     between = gaps(history)
