@@ -16,6 +16,8 @@ run: $(STAMP)
 	$(BIN)/svc up
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	bash tests/browser/ensure_chromium.sh
 	$(BIN)/python -m tests.environment $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

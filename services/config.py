@@ -15,9 +15,16 @@ from services.keys import validate_name
 from services.settings import service_overrides
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-# Ticks closer together than interval minus this slack are duplicates; the slack absorbs
-# queueing jitter between Beat and a worker.
+# Ticks closer together than interval minus a slack are duplicates. The slack absorbs queueing
+# jitter between Beat and a worker; a quarter of the interval at most, so that two Beat
+# processes by mistake, whatever their phase, never run a service more than 4/3 as often.
 MAX_TICK_SLACK_SECONDS = 1.0
+TICK_SLACK_FRACTION = 0.25
+
+
+def tick_gap(interval_seconds: float) -> float:
+    """A tick sooner than this after the last accepted one is a duplicate."""
+    return interval_seconds - min(interval_seconds * TICK_SLACK_FRACTION, MAX_TICK_SLACK_SECONDS)
 
 
 def snake_case(text: str) -> str:
@@ -53,7 +60,7 @@ class ServiceConfig:
     @property
     def tick_gap_seconds(self) -> float:
         """A tick sooner than this after the last accepted one is a duplicate."""
-        return self.interval_seconds - min(self.interval_seconds / 2, MAX_TICK_SLACK_SECONDS)
+        return tick_gap(self.interval_seconds)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

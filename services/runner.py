@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from services import logs
-from services.config import MAX_TICK_SLACK_SECONDS
+from services.config import tick_gap
 from services.lease import LeaseKeeper
 from services.state import Decision, FinishResult, RunTicket
 
@@ -41,20 +41,16 @@ class RunReport:
     def failed(self) -> bool:
         return self.error is not None or (self.ticket is not None and self.ticket.error is not None)
 
-    def summary(self) -> dict[str, object]:
-        """A JSON-safe description, the Celery task's result."""
-        out: dict[str, object] = {"verdict": self.verdict}
-        if self.ticket is not None:
-            out.update(run_id=self.ticket.run_id, outcome="error" if self.failed else "ok")
-        elif self.decision.detail:
-            out["detail"] = self.decision.detail
-        if self.result is not None:
-            out.update(failures=self.result.failures, stopped=self.result.stopped)
-        return out
-
-
-def tick_gap(interval_seconds: float) -> float:
-    return interval_seconds - min(interval_seconds / 2, MAX_TICK_SLACK_SECONDS)
+    def summary(self) -> str:
+        """One line, the Celery task's result as Flower shows it: ``ran <run id>: ok`` or
+        ``skipped: paused``. A string, because Celery reprs every result into its event."""
+        if self.ticket is None:
+            detail = f" ({self.decision.detail})" if self.decision.detail else ""
+            return f"skipped: {self.verdict}{detail}"
+        outcome = "error" if self.failed else "ok"
+        if self.result is not None and self.result.stopped:
+            outcome += ", stopped at max_failures"
+        return f"ran {self.ticket.run_id}: {outcome}"
 
 
 def describe(error: BaseException) -> str:

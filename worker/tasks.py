@@ -33,7 +33,7 @@ def register_tasks(app: Celery, registry: Registry) -> None:
 
 
 def _task_body(registry: Registry, name: str) -> Any:
-    def run_service(task: Task, kind: str = "tick") -> dict[str, object]:
+    def run_service(task: Task, kind: str = "tick") -> str:
         return execute(task, registry, name, kind)
 
     identifier = name.replace(".", "_").replace("-", "_")
@@ -42,7 +42,7 @@ def _task_body(registry: Registry, name: str) -> Any:
     return run_service
 
 
-def execute(task: Task, registry: Registry, name: str, kind: str) -> dict[str, object]:
+def execute(task: Task, registry: Registry, name: str, kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"task {task.name}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if task.request.retries:

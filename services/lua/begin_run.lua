@@ -81,8 +81,10 @@ redis.call('PEXPIRE', KEYS[2], lease_ms)
 
 local seq = (number('runs', h[6]) or 0) + 1
 local started = string.format('%.3f', now / 1000)
-redis.call('HSET', KEYS[1], 'runs', seq, 'last_started_at', started, 'last_run_id', token)
 if kind == 'tick' or kind == 'loop' then
-  redis.call('HSET', KEYS[1], 'last_tick_at', now)
+  redis.call('HSET', KEYS[1], 'runs', seq, 'last_started_at', started, 'last_run_id', token,
+    'last_tick_at', now)
+else
+  redis.call('HSET', KEYS[1], 'runs', seq, 'last_started_at', started, 'last_run_id', token)
 end
 return {'go', tostring(seq), now, warnings}

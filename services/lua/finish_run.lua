@@ -36,7 +36,8 @@ local history_len, started, worker = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[
 local expiry = redis.call('ZSCORE', KEYS[2], token)
 local lease_lost = (not expiry) or tonumber(expiry) < now
 redis.call('ZREM', KEYS[2], token)
-local runs = count(redis.call('HGET', KEYS[1], 'runs'))
+local counts = redis.call('HMGET', KEYS[1], 'runs', 'failures')
+local runs = count(counts[1])
 local superseded = lease_lost and seq > 0 and runs > seq
 if seq == 0 then lease_lost = false end
 local finished = string.format('%.3f', now / 1000)
@@ -52,7 +53,7 @@ if not superseded then
   elseif outcome == 'interrupted' then
     redis.call('HSET', KEYS[1], 'last_finished_at', finished)
   else
-    failures = count(redis.call('HGET', KEYS[1], 'failures')) + 1
+    failures = count(counts[2]) + 1
     redis.call('HSET', KEYS[1], 'failures', failures, 'last_finished_at', finished,
       'last_error', err, 'last_error_at', finished)
     if failures >= max_failures then
@@ -69,8 +70,22 @@ if not superseded then
   end
 end
 
+-- Metrics (worker/metrics.py reads them): every run this script records is counted once, by
+-- outcome, and its duration lands in one histogram bucket (the collector sums the buckets
+-- into Prometheus' cumulative ones). The bounds (ms) must equal DURATION_BUCKETS_MS there.
+local duration_ms = now - started
+local bucket = 'inf'
+for _, bound in ipairs({10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+    300000, 900000, 3600000}) do
+  if duration_ms <= bound then bucket = tostring(bound) break end
+end
+redis.call('HINCRBY', KEYS[1], 'runs_' .. outcome, 1)
+redis.call('HINCRBY', KEYS[1], 'duration_le_' .. bucket, 1)
+redis.call('HINCRBY', KEYS[1], 'duration_ms_sum', duration_ms)
+
 local entry = {
-  run_id = string.match(token, '^[^@]*'), token = token, seq = seq, worker = worker, outcome = outcome,
+  run_id = string.match(token, '^[^@]*'), token = token, seq = seq, worker = worker,
+  outcome = outcome,
   started_at = started / 1000, finished_at = now / 1000, duration = (now - started) / 1000,
   error = (err ~= '' and err) or cjson.null, lease_lost = lease_lost, superseded = superseded,
 }

@@ -20,7 +20,7 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from services.config import MAX_TICK_SLACK_SECONDS
+from services.config import tick_gap
 from services.state import StateStore
 from tests.cluster import Cluster, Proc
 from tests.svc_celery.probes import probe_key
@@ -48,11 +48,6 @@ def wait_runs(store: StateStore, name: str, count: int, timeout: float = 30,
 def gaps(history: list[dict[str, Any]]) -> list[float]:
     """Seconds between the starts of consecutive runs (Redis clock)."""
     return [b["started_at"] - a["started_at"] for a, b in itertools.pairwise(history)]
-
-
-def tick_gap(interval: float) -> float:
-    """A tick sooner than this after the last accepted one is a duplicate (the guard's rule)."""
-    return interval - min(interval / 2, MAX_TICK_SLACK_SECONDS)
 
 
 def worker_of(cluster: Cluster, worker_id: str) -> Proc:

@@ -132,7 +132,7 @@ def test_trigger_runs_now_but_honours_the_guard(make_cluster, svc_for) -> None:
     svc("pause", "ticker")
     sent = svc.json("trigger", "ticker")
     assert sent[0]["state"] == "paused" and sent[0]["will_run"] is False
-    refused = re.compile(re.escape(sent[0]["task_id"]) + r"\] succeeded.*'verdict': 'paused'")
+    refused = re.compile(re.escape(sent[0]["task_id"]) + r"\] succeeded.*skipped: paused")
     wait_for(lambda: refused.search(worker.output()), 20, "the worker to refuse the trigger")
     assert store.read("ticker").runs == 1
     note = svc("trigger", "ticker")

@@ -24,7 +24,7 @@ class Lifecycle(AbstractService):
 
     async def update(self) -> None:
         if self.seconds:
-            time.sleep(self.seconds)  # noqa: ASYNC251 - blocks the loop on purpose, like sync DB calls
+            time.sleep(self.seconds)
 
     def cleanup(self) -> None:
         super().cleanup()
