@@ -1,16 +1,22 @@
 """The Lua scripts behind every state change, loaded from ``services/lua/*.lua``.
 
 Each script file opens with its KEYS/ARGV contract. redis-py's ``Script`` sends EVALSHA and
-falls back to loading the script once per connection pool when Redis does not know it yet.
+falls back to loading the script when Redis does not know it yet; ``ScriptChannel`` does the
+same for the per-run scripts on a connection of its own.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
+import redis
 from redis import Redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 
 def _source(name: str) -> str:
@@ -32,3 +38,77 @@ class Scripts:
             renew_lease=client.register_script(_source("renew_lease")),
             control=client.register_script(_source("control")),
         )
+
+
+LateReplyHandler = Callable[[Any, Any, BaseException | None], None]
+
+
+class ScriptChannel:
+    """This process's own connection for the scripts every run sends (guard, finish, renew).
+
+    EVALSHA goes straight onto one pinned connection: no pool checkout, no retry wrapper, no
+    per-command bookkeeping, which is most of what redis-py adds to a round trip. A script
+    may also be *sent* without waiting for its reply (``send``): the reply is read, and
+    handed to ``on_late_reply``, before the next command on this connection, so the worker
+    goes on to its next task while Redis runs the script. Thread-safe (one lock).
+    """
+
+    def __init__(self, client: Redis, on_late_reply: LateReplyHandler) -> None:
+        self.conn = client.connection_pool.get_connection()
+        self.on_late_reply = on_late_reply
+        self.lock = threading.Lock()
+        self._pending: tuple[Script, Sequence[Any], Sequence[Any], Any] | None = None
+
+    def call(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run the script and return its reply."""
+        with self.lock:
+            self._drain()
+            self._send(script, keys, args)
+            return self._read(script, keys, args)
+
+    def send(self, script: Script, keys: Sequence[Any], args: Sequence[Any],
+             context: Any) -> None:
+        """Send the script; its reply reaches ``on_late_reply(reply, context, error)`` later."""
+        with self.lock:
+            self._drain()
+            self._send(script, keys, args)
+            self._pending = (script, keys, args, context)
+
+    def flush(self) -> None:
+        """Read a reply still owed (before the process exits)."""
+        with self.lock:
+            self._drain()
+
+    def _send(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            self.conn.send_command(*command)
+        except (redis.ConnectionError, redis.TimeoutError):
+            # The connection had dropped (Redis restarted): nothing whole reached Redis, so
+            # one more try on a fresh connection cannot run the script twice.
+            self.conn.disconnect()
+            self.conn.send_command(*command)
+
+    def _read(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            return self.conn.read_response()
+        except NoScriptError:  # a restarted or flushed Redis: load it, then run it
+            self.conn.send_command("SCRIPT", "LOAD", script.script)
+            self.conn.read_response()
+            self._send(script, keys, args)
+            return self.conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.conn.disconnect()
+            raise
+
+    def _drain(self) -> None:
+        if self._pending is None:
+            return
+        script, keys, args, context = self._pending
+        self._pending = None
+        try:
+            reply = self._read(script, keys, args)
+        except redis.RedisError as exc:
+            self.on_late_reply(None, context, exc)
+        else:
+            self.on_late_reply(reply, context, None)

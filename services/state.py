@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -21,11 +22,10 @@ from typing import Any
 import redis
 from redis import Redis
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
 from services.errors import StateCorruptError, StateUnavailableError
 from services.keys import Keys, validate_name
-from services.scripts import Scripts
+from services.scripts import ScriptChannel, Scripts
 from services.settings import Settings, get_settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ class RunTicket:
     """Set when ``update()`` reported a failure through ``_handle_failure`` and returned."""
     finishing: bool = False
     result: FinishResult | None = None
+    began: float = field(default_factory=time.monotonic, repr=False)
+    """When this process saw the run start (its own monotonic clock)."""
 
     @property
     def run_id(self) -> str:
@@ -182,6 +184,19 @@ class _Reaching:
         return False
 
 
+_SUCCEEDED = FinishResult(0, False, False, False, 0)
+
+
+def _late_finish_reply(reply: Any, ticket: RunTicket, error: BaseException | None) -> None:
+    """The reply to a success sent without waiting, read before the next command."""
+    where = {"service": ticket.name, "run_id": ticket.run_id}
+    if error is not None:
+        logger.error("recording the run's success may have failed: %s", error, extra=where)
+    elif reply[2]:  # superseded: an operator removed the lease and a newer run started
+        logger.error("run finished after losing its lease to a newer run; only its history "
+                     "entry was written", extra=where)
+
+
 class StateStore:
     """Every read and write of service state. Thread-safe: redis-py pools connections, and
     the per-run scripts share one pinned connection that redis-py locks per command."""
@@ -205,7 +220,9 @@ class StateStore:
         self.scripts = Scripts.register(client)
         self.worker = worker_identity()
         self._reaching_cm = _Reaching(self)
-        self._process: tuple[int, str, Redis] | None = None
+        self._process: tuple[int, str, ScriptChannel] | None = None
+        self.defer_success = False
+        """Send a short run's success without waiting for its reply (Celery workers do)."""
         self._process_lock = threading.Lock()
 
     @classmethod
@@ -226,32 +243,26 @@ class StateStore:
     def _reaching(self) -> _Reaching:
         return self._reaching_cm
 
-    def _per_process(self) -> tuple[int, str, Redis]:
-        """This process's ``host:pid`` and its pinned client, made again after a fork.
-
-        The pinned client keeps one connection of ``client``'s pool for the scripts every run
-        sends (guard, finish, renew), which spares each of them the pool's checkout, its
-        liveness poll (a syscall) and the release: about 6 us of CPU per command. It
-        connects on first use, so an unreachable Redis is still reported by that call."""
+    def _per_process(self) -> tuple[int, str, ScriptChannel]:
+        """This process's ``host:pid`` and its script channel, made again after a fork. The
+        channel connects on first use, so an unreachable Redis is still reported then."""
         current = self._process
         pid = os.getpid()
         if current is None or current[0] != pid:
             with self._process_lock:
                 current = self._process
                 if current is None or current[0] != pid:
-                    pool = getattr(self.client, "connection_pool", None)
-                    pinned = self.client if pool is None else Redis(
-                        connection_pool=pool, single_connection_client=True)
-                    current = self._process = (pid, worker_identity(), pinned)
+                    channel = ScriptChannel(self.client, _late_finish_reply)
+                    current = self._process = (pid, worker_identity(), channel)
         return current
 
     def _run_script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """EVALSHA on the pinned connection; loads the script if Redis does not know it."""
-        client = self._per_process()[2]
-        try:
-            return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return script(keys=keys, args=args, client=client)
+        return self._per_process()[2].call(script, keys, args)
+
+    def flush(self) -> None:
+        """Read the reply of an outcome sent without waiting (at process shutdown)."""
+        with self._reaching_cm:
+            self._per_process()[2].flush()
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -284,18 +295,25 @@ class StateStore:
         mid-run, counts as neither) and release its lease."""
         outcome = "interrupted" if interrupted else ("ok" if error is None else "error")
         keys = self.keys.for_service(ticket.name)
+        args = (ticket.token, ticket.seq, outcome, error or "", max_failures,
+                int(retry_delay_seconds * 1000), self.history_length, ticket.started_ms,
+                self.worker)
+        if outcome == "ok" and self._may_defer(ticket):
+            with self._reaching_cm:
+                self._per_process()[2].send(self.scripts.finish_run, keys, args, ticket)
+            return _SUCCEEDED
         with self._reaching_cm:
             failures, stopped, superseded, lost, retry_at = self._run_script(
-                self.scripts.finish_run,
-                keys,
-                (
-                    ticket.token, ticket.seq, outcome, error or "",
-                    max_failures, int(retry_delay_seconds * 1000), self.history_length,
-                    ticket.started_ms, self.worker,
-                ),
-            )
+                self.scripts.finish_run, keys, args)
         return FinishResult(int(failures), bool(stopped), bool(superseded), bool(lost),
                             int(retry_at))
+
+    def _may_defer(self, ticket: RunTicket) -> bool:
+        """A success may be recorded without waiting for Redis's reply when that reply is
+        known: the run ended well inside its lease (so it cannot have expired and been taken
+        over), hence it resets failures, stops nothing and supersedes nothing."""
+        return (self.defer_success and not ticket.lease_lost
+                and time.monotonic() - ticket.began < self.lease_seconds / 3)
 
     def renew(self, ticket: RunTicket) -> bool:
         with self._reaching_cm:

@@ -33,6 +33,9 @@ class ProcessRuntime:
         asyncio.set_event_loop(self.loop)
         self.keeper = LeaseKeeper(store)
         self.instances: dict[str, AbstractService] = {}
+        # The worker moves on to its next task while Redis records a short run's success;
+        # the reply is read before the next command (see services.scripts.ScriptChannel).
+        store.defer_success = True
 
     def service(self, name: str) -> AbstractService:
         """This process's instance of ``name``, built on first use."""
@@ -72,6 +75,10 @@ class ProcessRuntime:
                     logger.exception("cleanup() failed")
         self.instances.clear()
         self.keeper.close()
+        try:
+            self.store.flush()
+        except Exception:
+            logger.exception("could not read the last run's recorded outcome")
         if not self.loop.is_closed():
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
