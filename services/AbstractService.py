@@ -286,8 +286,11 @@ class AbstractService(ABC):
             return "loop", None
         if report.result is not None and report.failed:
             return "retry", self.retry_delay_seconds
-        if verdict == "backoff":
-            return "retry", max(0.0, float(report.decision.detail) - report.decision.now_ms / 1000)
+        if verdict == "backoff":  # the guard read detail (retry_at) as a number already
+            retry_at = float(report.decision.detail)
+            # Ask again at least every retry delay (or interval), however far off retry_at is.
+            return "retry", min(max(0.0, retry_at - report.decision.now_ms / 1000),
+                                max(self.retry_delay_seconds, self.interval_seconds))
         return "loop", self.interval_seconds
 
     async def _wait(self, seconds: float) -> None:

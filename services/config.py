@@ -68,11 +68,14 @@ class ServiceConfig:
 
 # field -> (type, lowest allowed, whether the lowest is allowed, what was expected)
 _RULES: dict[str, tuple[type, float, bool, str]] = {
-    "interval_seconds": (float, 0, False, "a number > 0"),
+    "interval_seconds": (float, 0, False, "a number > 0 and at most 1e9"),
     "max_failures": (int, 1, True, "a whole number >= 1"),
-    "retry_delay_seconds": (float, 0, True, "a number >= 0"),
+    "retry_delay_seconds": (float, 0, True, "a number >= 0 and at most 1e9"),
     "max_concurrent_runs": (int, 1, True, "a whole number >= 1"),
 }
+# About 31 years: anything longer is a typo, and would overflow Beat's timedelta and
+# Celery's countdown far from where the value was set.
+MAX_SECONDS = 1e9
 
 
 def resolve_config(
@@ -116,6 +119,8 @@ def _check(name: str, field: str, raw: Any, source: str) -> float | int:
         value = kind(value)
     except (TypeError, ValueError):
         raise ServiceConfigError(problem) from None
-    if math.isnan(value) or value < lowest or (value == lowest and not inclusive):
+    if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
+        raise ServiceConfigError(problem)
+    if kind is float and value > MAX_SECONDS:
         raise ServiceConfigError(problem)
     return value

@@ -67,6 +67,9 @@ class LeaseKeeper:
                                ticket.name, ticket.run_id, exc)
                 continue
             if not renewed:
+                with self._lock:
+                    if ticket.token not in self._tracked:
+                        continue  # the run finished (and freed its lease) meanwhile
                 ticket.lease_lost = True
                 logger.error("service %s run %s lost its lease; its result will not overwrite "
                              "a newer run", ticket.name, ticket.run_id)

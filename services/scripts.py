@@ -7,6 +7,7 @@ same for the per-run scripts on a connection of its own.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ import redis
 from redis import Redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
+
+logger = logging.getLogger(__name__)
 
 
 def _source(name: str) -> str:
@@ -63,16 +66,28 @@ class ScriptChannel:
         """Run the script and return its reply."""
         with self.lock:
             self._drain()
-            self._send(script, keys, args)
-            return self._read(script, keys, args)
+            try:
+                self._send(script, keys, args)
+                return self._read(script, keys, args)
+            except BaseException:
+                # Anything that cut in between send and read (a soft time limit, a signal)
+                # would leave a reply unread and every later call a reply behind: drop the
+                # connection instead; the next call opens a fresh one.
+                self.conn.disconnect()
+                raise
 
     def send(self, script: Script, keys: Sequence[Any], args: Sequence[Any],
              context: Any) -> None:
         """Send the script; its reply reaches ``on_late_reply(reply, context, error)`` later."""
         with self.lock:
             self._drain()
-            self._send(script, keys, args)
             self._pending = (script, keys, args, context)
+            try:
+                self._send(script, keys, args)
+            except BaseException:
+                self._pending = None
+                self.conn.disconnect()
+                raise
 
     def flush(self) -> None:
         """Read a reply still owed (before the process exits)."""
@@ -106,9 +121,15 @@ class ScriptChannel:
             return
         script, keys, args, context = self._pending
         self._pending = None
+        reply, error = None, None
         try:
             reply = self._read(script, keys, args)
         except redis.RedisError as exc:
-            self.on_late_reply(None, context, exc)
-        else:
-            self.on_late_reply(reply, context, None)
+            error = exc
+        except BaseException:
+            self.conn.disconnect()
+            raise
+        try:
+            self.on_late_reply(reply, context, error)
+        except Exception:  # the next command, maybe another service's, must not pay for it
+            logger.exception("handling a late script reply failed")

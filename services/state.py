@@ -147,7 +147,8 @@ def _number(raw: Mapping[str, str], key: str, corrupt: list[str]) -> float | Non
     if value in (None, ""):
         return None
     try:
-        number = float(value)
+        # float() also takes '1_0'; the scripts do not, and both must read a value alike.
+        number = math.nan if "_" in value else float(value)
     except ValueError:
         number = math.nan
     if not math.isfinite(number):  # nan and inf are no count and no time either
@@ -175,7 +176,15 @@ class _Reaching:
         if issubclass(exc_type, (redis.ConnectionError, redis.TimeoutError)):
             raise StateUnavailableError(
                 f"cannot reach Redis at {self.store.redis_url}: {exc}") from exc
-        if issubclass(exc_type, redis.ResponseError) and "WRONGTYPE" in str(exc):
+        if issubclass(exc_type, UnicodeDecodeError):
+            raise StateCorruptError(
+                f"a state key under {self.store.keys.prefix}: holds bytes that are not UTF-8 "
+                f"text ({exc}); expected flags 1/0 and numbers: fix it with HSET") from exc
+        if issubclass(exc_type, redis.ResponseError) and "WRONGTYPE" not in str(exc):
+            # OOM under noeviction, READONLY after a failover: Redis is there but refuses.
+            raise StateUnavailableError(
+                f"Redis at {self.store.redis_url} refused the command: {exc}") from exc
+        if issubclass(exc_type, redis.ResponseError):
             # Someone replaced a state key with another type (SET instead of HSET): refuse to
             # run, say which keys, and keep the process alive until it is fixed.
             raise StateCorruptError(

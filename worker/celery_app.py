@@ -19,6 +19,7 @@ from services import logs
 from services.registry import Registry
 from services.settings import get_settings
 from worker import runtime
+from worker.sender import message_settings
 from worker.tasks import register_tasks
 
 logger = logging.getLogger(__name__)
@@ -28,11 +29,7 @@ registry = Registry.discover()
 
 app = Celery("svc", broker=settings.effective_broker_url, set_as_current=True)
 app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    event_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
+    **message_settings(settings),
     task_ignore_result=True,
     # Flower sees every run without extra flags.
     worker_send_task_events=True,
@@ -43,8 +40,6 @@ app.conf.update(
     # One tick at a time per process: prefetched ticks would wait behind a slow run and expire.
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
-    broker_transport_options=(
-        {"global_keyprefix": settings.broker_prefix} if settings.broker_prefix else {}),
     beat_schedule=build_schedule(registry),
     beat_schedule_filename=str(Path("var") / "celerybeat-schedule"),
     task_routes=build_routes(registry),

@@ -35,8 +35,8 @@ end
 local function number(field, value)
   if not value or value == '' then return nil end
   local n = tonumber(value)
-  -- tonumber() accepts 'nan' and 'inf', which no count or time can be
-  if n == nil or n ~= n or n == math.huge or n == -math.huge then
+  -- tonumber() accepts 'nan', 'inf' and hex ('0x10'), which no count or time here is
+  if n == nil or n ~= n or n == math.huge or n == -math.huge or string.find(value, '[xX]') then
     table.insert(warnings, field .. '=' .. value)
     return nil
   end
@@ -61,6 +61,12 @@ if retry_at and now < retry_at * 1000 then
   return {'backoff', h[3], now, warnings}
 end
 local last_tick = number('last_tick_at', h[4])
+if last_tick and last_tick > now + tick_gap then
+  -- A tick from the future (a hand-edited value, a clock that jumped back) would make every
+  -- tick a duplicate for ever: treat it as unset, and say so.
+  table.insert(warnings, 'last_tick_at=' .. h[4])
+  last_tick = nil
+end
 if (kind == 'tick' or kind == 'loop') and last_tick and now - last_tick < tick_gap then
   return {'duplicate', h[4], now, warnings}
 end

@@ -20,10 +20,12 @@
 --   seq = 0 records an outcome that belongs to no leased run (AbstractService._handle_failure
 --   called outside a run): it is never superseded.
 
--- A count as Redis holds it; unreadable, 'nan' or 'inf' (which tonumber() accepts) is 0.
+-- A count as Redis holds it; unreadable, 'nan', 'inf' or hex (which tonumber() accepts) is 0.
 local function count(value)
   local n = tonumber(value or '0')
-  if n == nil or n ~= n or n == math.huge or n == -math.huge then return 0 end
+  if n == nil or n ~= n or n == math.huge or n == -math.huge or string.find(value or '', '[xX]') then
+    return 0
+  end
   return n
 end
 
