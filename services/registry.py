@@ -20,7 +20,7 @@ from typing import Any
 from services.AbstractService import AbstractService
 from services.config import ServiceConfig, resolve_config
 from services.errors import ServiceConfigError, UnknownServiceError
-from services.settings import get_settings
+from services.settings import get_settings, service_env_var
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +72,22 @@ class Registry:
         return registry
 
     def _add_unique(self, found: list[ServiceSpec]) -> None:
-        by_name: dict[str, list[ServiceSpec]] = {}
+        # Names that differ only in '.', '-' or '_' share their SVC_<NAME>_* variables, so
+        # they count as one name here: neither could be configured on its own.
+        by_token: dict[str, list[ServiceSpec]] = {}
         for spec in found:
-            by_name.setdefault(spec.name, []).append(spec)
-        for name, specs in sorted(by_name.items()):
+            by_token.setdefault(service_env_var(spec.name, ""), []).append(spec)
+        for _, specs in sorted(by_token.items()):
             if len(specs) == 1:
-                self.specs[name] = specs[0]
+                self.specs[specs[0].name] = specs[0]
                 continue
+            names = sorted({s.name for s in specs})
             where = " and ".join(s.source for s in specs)
-            self.errors.append(
-                f"service name {name!r} is defined more than once ({where}); none of them is "
-                "loaded: rename one (set `name = \"...\"` on the class)")
+            what = (f"service name {names[0]!r} is defined more than once" if len(names) == 1
+                    else f"service names {' and '.join(map(repr, names))} share their "
+                         f"{service_env_var(names[0], '*')} settings")
+            self.errors.append(f"{what} ({where}); none of them is loaded: rename one "
+                               "(set `name = \"...\"` on the class)")
 
     def _keep_only(self, only: list[str]) -> None:
         if not only:

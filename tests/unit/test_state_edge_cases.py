@@ -81,3 +81,14 @@ def test_interval_must_be_finite_and_sane(value):
 def test_retry_delay_too_long_for_a_countdown_is_refused():
     with pytest.raises(ServiceConfigError, match="retry_delay_seconds"):
         resolve_config(Quiet, environ={"SVC_QUIET_RETRY_DELAY_SECONDS": "1e300"})
+
+
+def test_names_that_share_their_environment_variables_are_refused():
+    from services.registry import Registry
+
+    registry = Registry.discover(packages=["tests.fixtures.svc_lookalike"], environ={}, only=[])
+    assert registry.names() == ["alone"]
+    (error,) = registry.errors
+    assert "'report.daily' and 'report_daily'" in error
+    assert "SVC_REPORT_DAILY_*" in error
+    assert "SVC_Dotted.py" in error and "SVC_ReportDaily.py" in error
