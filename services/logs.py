@@ -30,6 +30,23 @@ def bound(service: str, run_id: str = "-") -> Iterator[None]:
         _service.reset(service_token)
 
 
+def enter(service: str, run_id: str = "-") -> tuple[object, object]:
+    """``bound`` for callers that cannot use a ``with`` block (Celery's prerun/postrun
+    signals); hand the result to :func:`leave`."""
+    return _service.set(service), _run_id.set(run_id)
+
+
+def leave(tokens: tuple[object, object]) -> None:
+    service_token, run_token = tokens
+    _run_id.reset(run_token)  # type: ignore[arg-type]
+    _service.reset(service_token)  # type: ignore[arg-type]
+
+
+def note_run_id(run_id: str) -> None:
+    """Name the run on the lines still to come in this context (Celery's result line)."""
+    _run_id.set(run_id)
+
+
 class ContextFilter(logging.Filter):
     """Adds ``service`` and ``run_id`` to records that do not set them already."""
 

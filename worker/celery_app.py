@@ -62,6 +62,24 @@ def _service_aware_logs(logger: logging.Logger, **_: Any) -> None:
         logs.install(handler, settings.log_json)
 
 
+_task_log_context: dict[str, tuple[object, object]] = {}
+
+
+@signals.task_prerun.connect
+def _name_task_lines(task_id: str, task: Any, **_: Any) -> None:
+    # Celery's own lines for a service's task ("succeeded in ...", "raised ...") are logged
+    # before task_postrun: give them the service name (and run id, once known) too.
+    if task.name.startswith("svc."):
+        _task_log_context[task_id] = logs.enter(task.name[4:])
+
+
+@signals.task_postrun.connect
+def _end_task_lines(task_id: str, **_: Any) -> None:
+    tokens = _task_log_context.pop(task_id, None)
+    if tokens is not None:
+        logs.leave(tokens)
+
+
 @signals.worker_init.connect
 @signals.beat_init.connect
 def _announce(**_: Any) -> None:

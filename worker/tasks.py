@@ -48,6 +48,8 @@ def execute(task: Task, registry: Registry, name: str, kind: str) -> str:
     if task.request.retries:
         kind = "retry"
     report = runtime.current(registry).run(name, kind)
+    if report.ticket is not None:
+        logs.note_run_id(report.ticket.run_id)
     if report.failed:
         _retry_or_fail(task, registry, name, report)
     return report.summary()

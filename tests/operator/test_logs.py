@@ -62,3 +62,8 @@ def test_text_logs_carry_service_and_run_id(make_cluster) -> None:
                       r"SVC_Chatty: chatty says hello")
     found = wait_for(lambda: line.findall(worker.output()), 20, "chatty's text log lines")
     assert set(found) <= run_ids(store, "chatty")
+    # Celery's own result line for the task names the service and run too.
+    done = re.compile(r"INFO \[chatty ([0-9a-f]{12})\] celery\.app\.trace: Task svc\.chatty\[.*"
+                      r"succeeded")
+    finished = wait_for(lambda: done.findall(worker.output()), 20, "Celery's succeeded lines")
+    assert set(finished) <= run_ids(store, "chatty")
