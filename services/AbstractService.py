@@ -42,6 +42,12 @@ class AbstractService(ABC):
     retry_delay_seconds: float = 30.0
     max_concurrent_runs: int = 1
     """How many runs may be in progress at once across the cluster."""
+    timeout_seconds: float | None = None
+    """A run's time limit; past it ``update()`` is cancelled and the run counts as a failure
+    (outcome ``timeout``). Default: 300 s, or ``interval_seconds`` when that is longer."""
+    stop_cooldown_seconds: float = 0.0
+    """After ``max_failures`` stopped the service, one probe run every this many seconds; a
+    probe that succeeds starts the service again. 0 (the default): stay stopped."""
     queue: ClassVar[str | None] = None
     """The Celery queue this service's task goes to; default: Celery's default queue."""
 
@@ -68,6 +74,8 @@ class AbstractService(ABC):
         self.max_failures = config.max_failures
         self.retry_delay_seconds = config.retry_delay_seconds
         self.max_concurrent_runs = config.max_concurrent_runs
+        self.timeout_seconds = config.timeout_seconds
+        self.stop_cooldown_seconds = config.stop_cooldown_seconds
         self.requester_id = requester_id
         self.service_id = f"{config.name}-{uuid.uuid4().hex[:12]}"
         self._state = state

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.errors import ServiceConfigError
@@ -25,9 +25,17 @@ SERVICE_OVERRIDE_FIELDS = (
     "max_failures",
     "retry_delay_seconds",
     "max_concurrent_runs",
+    "timeout_seconds",
+    "stop_cooldown_seconds",
 )
 _QUERY_PASSWORD = re.compile(r"(?i)((?:^|&)password=)[^&]*")
-_KEY_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:{}-]*$")
+# No ':' in a prefix: keys are "<prefix>:<name>..." and names hold no ':', so a prefix ends at
+# the first ':' and no two prefixes can reach each other's keys ("svc" vs "svc:x").
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.{}-]*\Z")
+# A host name or IP address; nothing a shell or an argument parser could read as more.
+_HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]+\Z")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+MIN_LEASE_SECONDS = 1.0
 
 
 class Settings(BaseSettings):
@@ -49,8 +57,16 @@ class Settings(BaseSettings):
     """SVC_PACKAGES: comma-separated extra packages searched for ``SVC_*.py`` modules."""
     services: str = ""
     """SVC_SERVICES: comma-separated names to run here; empty runs every discovered service."""
-    lease_seconds: float = Field(30.0, gt=0)
-    """SVC_LEASE_SECONDS: lease time; a crashed run frees its service within this."""
+    lease_seconds: float = Field(30.0, ge=MIN_LEASE_SECONDS, le=86400)
+    """SVC_LEASE_SECONDS: lease time; a crashed run frees its service within this. At least
+    1 s: the lease is renewed every third of it, and a renewal must have time to arrive."""
+    hard_limit_grace_seconds: float = Field(10.0, gt=0, le=3600)
+    """SVC_HARD_LIMIT_GRACE_SECONDS: how long after a run's ``timeout_seconds`` (the soft
+    limit, which cancels ``update()``) the hard limit replaces a process whose run does not
+    yield."""
+    worker_max_memory_mb: int = Field(1024, ge=0)
+    """SVC_WORKER_MAX_MEMORY_MB: a pool process whose resident memory passes this after a run
+    is replaced (Celery's ``worker_max_memory_per_child``); 0 turns the cap off."""
     history_length: int = Field(100, ge=1)
     """SVC_HISTORY_LENGTH: runs kept in ``<prefix>:<name>:history``."""
     audit_length: int = Field(200, ge=1)
@@ -118,6 +134,27 @@ class Settings(BaseSettings):
             raise ValueError("must start with a letter or digit and hold no spaces")
         return value
 
+    @field_validator("flower_address", "metrics_address")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if not _HOST.match(value):
+            raise ValueError("expected a host name or an IP address (letters, digits, '.', ':', "
+                             "'-', '[', ']')")
+        return value
+
+    @model_validator(mode="after")
+    def _check_broker_prefix(self) -> Settings:
+        if self.broker_prefix.startswith(f"{self.key_prefix}:"):
+            raise ValueError(
+                f"SVC_BROKER_PREFIX={self.broker_prefix!r} starts with SVC_KEY_PREFIX "
+                f"{self.key_prefix!r} + ':', so the broker's keys could collide with service "
+                "state: use another prefix")
+        return self
+
+    @property
+    def flower_is_local(self) -> bool:
+        return self.flower_address in LOOPBACK_HOSTS
+
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
@@ -144,6 +181,9 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
+            if not err["loc"]:  # a check across fields: its message names the variables
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
             problems.append(f"{_env_name(field)}={err.get('input')!r}: {err['msg']}")
         raise ServiceConfigError("invalid setting: " + "; ".join(problems)) from None
 

@@ -100,10 +100,10 @@ def test_environment_overrides_argument_overrides_class(store: StateStore) -> No
 
 
 def test_edge_values_that_are_allowed(store: StateStore) -> None:
-    service = Recorder(state=store, name="edges", interval_seconds=0.001, max_failures=1,
+    service = Recorder(state=store, name="edges", interval_seconds=0.1, max_failures=1,
                        retry_delay_seconds=0)
     assert (service.interval_seconds, service.max_failures, service.retry_delay_seconds) == (
-        0.001, 1, 0)
+        0.1, 1, 0)
 
 
 def test_override_variable_names() -> None:
