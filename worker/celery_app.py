@@ -19,11 +19,13 @@ from services import logs
 from services.registry import Registry
 from services.settings import get_settings
 from worker import runtime
+from worker.flower_guard import refuse_open_flower
 from worker.sender import message_settings
 from worker.tasks import register_tasks
 
 logger = logging.getLogger(__name__)
 
+refuse_open_flower()  # `celery flower` on an open address without a login exits here
 settings = get_settings()
 registry = Registry.discover()
 

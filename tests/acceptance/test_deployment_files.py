@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import yaml
@@ -36,9 +38,13 @@ def test_svc_up_runs_the_procfile_processes() -> None:
     ours = process_commands(load_settings())
     assert set(ours) == set(procfile())
     for name, command in procfile().items():
-        # svc up runs the same celery sub-command (through this interpreter), maybe with
-        # one-machine extras (concurrency, schedule file under var/, Flower's address).
-        assert command.removeprefix("celery ") in ours[name], (name, ours[name])
+        # svc up runs the same celery sub-command (through this interpreter, as an argument
+        # list), maybe followed by one-machine extras (concurrency, schedule file under var/,
+        # Flower's address).
+        words = shlex.split(command)
+        assert words[0] == "celery", command
+        assert ours[name][:3] == [sys.executable, "-m", "celery"], ours[name]
+        assert ours[name][3:3 + len(words) - 1] == words[1:], (name, ours[name])
 
 
 def test_compose_redis_never_evicts_and_persists() -> None:
@@ -56,4 +62,6 @@ def test_compose_workers_scale() -> None:
 
 def test_compose_flower_basic_auth_comes_from_the_environment() -> None:
     flower = compose()["flower"]
-    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH")
+    # ":?": compose refuses to start without it, since Flower listens on every interface.
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert flower["environment"]["FLOWER_ADDRESS"] == "0.0.0.0"
