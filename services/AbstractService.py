@@ -13,11 +13,13 @@ import uuid
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from services import SYSTEM_ID, logs
+from services import SYSTEM_ID, logs, shutdown
 from services.config import resolve_config
 from services.errors import StateCorruptError, StateUnavailableError
+from services.fields import FAILED_OUTCOMES
 from services.lease import LeaseKeeper
 from services.runner import describe, run_once
+from services.settings import get_settings
 from services.state import FinishResult, RunTicket, StateStore, default_store, worker_identity
 
 if TYPE_CHECKING:
@@ -217,7 +219,9 @@ class AbstractService(ABC):
             run.started_ms = int(self.state.now() * 1000)
         elif run.result is not None:
             return run.result
-        run.result = self.state.finish(run, error=error, max_failures=self.max_failures,
+        outcome = run.outcome if error is not None and run.outcome in FAILED_OUTCOMES else None
+        run.result = self.state.finish(run, error=error, outcome=outcome,
+                                       max_failures=self.max_failures,
                                        retry_delay_seconds=self.retry_delay_seconds)
         return run.result
 
@@ -262,7 +266,8 @@ class AbstractService(ABC):
 
     async def _loop_until_stopped(self) -> None:
         assert self._stop_event is not None
-        keeper = LeaseKeeper(self.state)
+        keeper = LeaseKeeper(self.state, grace_seconds=get_settings().hard_limit_grace_seconds)
+        shutdown.observe_signals()
         kind = "loop"
         logger.info("%s: loop started (every %ss)", self.name, self.interval_seconds)
         try:

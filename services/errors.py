@@ -53,3 +53,8 @@ class RowLockTimeout(ServiceError):
 
 class ServiceRunFailed(ServiceError):
     """A run's ``update()`` raised; the task fails with this so Flower shows the run as failed."""
+
+
+class RunTimedOut(ServiceError):
+    """A run passed its ``timeout_seconds`` (soft limit: ``update()`` was cancelled) or its
+    hard limit (``update()`` never yielded); recorded with outcome ``timeout``."""

@@ -5,9 +5,13 @@ Layout (``<p>`` is ``SVC_KEY_PREFIX``, default ``svc``):
 - ``<p>:<name>``          hash: running, paused, failures, retry_at, last_* times, stop_reason...
 - ``<p>:<name>:lease``    sorted set: run token -> lease expiry (ms); at most
   ``max_concurrent_runs`` members, the key itself expires with its newest lease
+- ``<p>:<name>:inflight`` hash: run token -> start (ms) of every run in progress, so that a run
+  whose worker died is found (and recorded as ``lost``) after its lease lapsed
 - ``<p>:<name>:history``  list, newest first: one JSON object per finished run
 - ``<p>:<name>:audit``    list, newest first: one JSON object per operator action
 - ``<p>:_services``       hash: name -> JSON of the service's settings, written by workers
+- ``<p>:_epoch``          hash: ``id`` of this store's life, ``created_at``; after Redis lost
+  its data also ``lost_at``, ``lost_epoch``, ``detected_by`` (see services/durability.py)
 - ``<p>:outbox:<stream>`` stream: messages the outbox dispatcher delivered
 - ``<p>:outbox:<stream>:delivered`` sorted set: message id -> delivery time (ms), so that a
   message is added to the stream at most once (trimmed after ``SVC_OUTBOX_DEDUPE_SECONDS``)
@@ -50,12 +54,20 @@ class Keys:
     def audit(self, name: str) -> str:
         return f"{self.prefix}:{name}:audit"
 
+    def inflight(self, name: str) -> str:
+        return f"{self.prefix}:{name}:inflight"
+
     def index(self) -> str:
         return f"{self.prefix}:_services"
 
-    def for_service(self, name: str) -> tuple[str, str, str]:
-        """state, lease and history: the keys every run script takes."""
-        return self.state(name), self.lease(name), self.history(name)
+    def epoch(self) -> str:
+        return f"{self.prefix}:_epoch"
+
+    def for_service(self, name: str) -> tuple[str, str, str, str, str, str]:
+        """state, lease, history, inflight, audit and epoch: the keys both run scripts take,
+        in the order their headers give."""
+        return (self.state(name), self.lease(name), self.history(name), self.inflight(name),
+                self.audit(name), self.epoch())
 
     def outbox_stream(self, stream: str) -> str:
         return f"{self.prefix}:outbox:{stream}"

@@ -1,7 +1,11 @@
-"""Keeps the leases of running runs alive from a thread of its own.
+"""Keeps the leases of running runs alive from a thread of its own, and enforces each run's
+hard time limit.
 
 The thread keeps working while ``update()`` blocks the event loop with synchronous calls.
 A run shorter than the renewal period is never renewed, so it costs no extra round trip.
+A lease is never renewed past its run's hard limit: there the keeper hands the run to its
+``on_expiry`` callback (the runner records it as a ``timeout``; a Celery pool process then
+replaces itself), so a hung run holds its service for at most its limit.
 """
 
 from __future__ import annotations
@@ -9,28 +13,59 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from services.errors import StateUnavailableError
+from services.outage import Outage
 from services.state import RunTicket, StateStore
 
 logger = logging.getLogger(__name__)
+# A renewal has this share of the lease to arrive before the lease lapses.
+RENEWAL_FRACTION = 1 / 3
+
+
+@dataclass
+class _Tracked:
+    ticket: RunTicket
+    renewed_at: float
+    hard_deadline: float | None
+    on_expiry: Callable[[RunTicket], None] | None
 
 
 class LeaseKeeper:
     """One per process; renews every tracked run's lease about every third of the lease."""
 
-    def __init__(self, store: StateStore, period_seconds: float | None = None) -> None:
+    def __init__(self, store: StateStore, period_seconds: float | None = None, *,
+                 grace_seconds: float = 10.0) -> None:
         self.store = store
-        self.period = period_seconds or store.lease_seconds / 3
-        self._tracked: dict[str, tuple[RunTicket, float]] = {}
+        self.period = period_seconds or store.lease_seconds * RENEWAL_FRACTION
+        if self.period >= store.lease_seconds / 2:
+            raise ValueError(
+                f"lease renewal period {self.period}s must be under half the lease "
+                f"({store.lease_seconds}s), or the lease lapses before a renewal arrives")
+        self.grace = grace_seconds
+        """How long past a run's soft limit its hard limit falls."""
+        self.on_hard_limit: Callable[[RunTicket], None] | None = None
+        """What the host does once a run past its hard limit is recorded (a Celery pool
+        process exits, to be replaced); None: nothing more."""
+        self._tracked: dict[str, _Tracked] = {}
+        self._outage = Outage(logger, f"Redis at {store.redis_url} (lease renewal)")
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def track(self, ticket: RunTicket) -> None:
+    def track(self, ticket: RunTicket, hard_limit_seconds: float | None = None,
+              on_expiry: Callable[[RunTicket], None] | None = None) -> None:
+        """Renew ``ticket``'s lease until ``untrack``; at ``hard_limit_seconds`` after now stop
+        renewing and call ``on_expiry(ticket)`` from the keeper's thread."""
+        now = time.monotonic()
+        deadline = now + hard_limit_seconds if hard_limit_seconds is not None else None
         with self._lock:
-            self._tracked[ticket.token] = (ticket, time.monotonic())
+            self._tracked[ticket.token] = _Tracked(ticket, now, deadline, on_expiry)
+            if deadline is not None and deadline - now < self.period:
+                self._wake.set()  # sooner than the keeper's next look: look again now
             if self._thread is None or not self._thread.is_alive():
                 self._stopping = False
                 self._thread = threading.Thread(
@@ -49,23 +84,56 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         while not self._stopping:
-            self._wake.wait(self.period)
+            self._wake.wait(self._next_wait())
+            self._wake.clear()
             if self._stopping:
                 return
+            self.expire_due()
             self.renew_due()
+
+    def _next_wait(self) -> float:
+        with self._lock:
+            deadlines = [t.hard_deadline for t in self._tracked.values() if t.hard_deadline]
+        if not deadlines:
+            return self.period
+        return max(0.01, min(self.period, min(deadlines) - time.monotonic()))
+
+    def expire_due(self) -> None:
+        """Hand every run past its hard limit to its ``on_expiry``; its lease is not renewed
+        again."""
+        now = time.monotonic()
+        with self._lock:
+            due = [t for t in self._tracked.values()
+                   if t.hard_deadline is not None and now >= t.hard_deadline]
+            for tracked in due:
+                del self._tracked[tracked.ticket.token]
+        for tracked in due:
+            if tracked.on_expiry is None:
+                continue
+            try:
+                tracked.on_expiry(tracked.ticket)
+            except Exception:  # the thread must go on renewing every other run's lease
+                logger.exception("handling the hard time limit of %s run %s failed",
+                                 tracked.ticket.name, tracked.ticket.run_id)
 
     def renew_due(self) -> None:
         """Renew every tracked lease last renewed a period or more ago."""
         now = time.monotonic()
         with self._lock:
-            due = [(t, at) for t, at in self._tracked.values() if now - at >= self.period]
-        for ticket, _ in due:
+            due = [(t.ticket, t.hard_deadline) for t in self._tracked.values()
+                   if now - t.renewed_at >= self.period]
+        for ticket, deadline in due:
+            # Never past the hard limit, even if this thread wakes late for the expiry.
+            lease_ms = self.store.lease_ms
+            if deadline is not None:
+                lease_ms = max(1, min(lease_ms, int((deadline - now) * 1000)))
             try:
-                renewed = self.store.renew(ticket)
+                renewed = self.store.renew(ticket, lease_ms)
             except StateUnavailableError as exc:
-                logger.warning("could not renew lease of %s run %s: %s",
-                               ticket.name, ticket.run_id, exc)
+                self._outage.failed(f"could not renew the lease of {ticket.name} run "
+                                    f"{ticket.run_id}: {exc}")
                 continue
+            self._outage.recovered()
             if not renewed:
                 with self._lock:
                     if ticket.token not in self._tracked:
@@ -76,5 +144,6 @@ class LeaseKeeper:
                 self.untrack(ticket)
                 continue
             with self._lock:
-                if ticket.token in self._tracked:
-                    self._tracked[ticket.token] = (ticket, now)
+                tracked = self._tracked.get(ticket.token)
+                if tracked is not None:
+                    tracked.renewed_at = now

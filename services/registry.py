@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services import shutdown
 from services.AbstractService import AbstractService
 from services.config import ServiceConfig, resolve_config
 from services.errors import ServiceConfigError, UnknownServiceError
@@ -126,7 +127,9 @@ def suggest(name: str, known: Iterable[str]) -> list[str]:
 def _svc_modules(package: str, errors: list[str]) -> list[str]:
     try:
         pkg = importlib.import_module(package)
-    except Exception as exc:
+    except BaseException as exc:
+        if not isinstance(exc, Exception) and shutdown.requested():
+            raise
         errors.append(f"package {package!r} (from SVC_PACKAGES) cannot be imported: "
                       f"{type(exc).__name__}: {exc}")
         return []
@@ -142,7 +145,11 @@ def _specs_in(module_name: str, environ: Mapping[str, str] | None,
               errors: list[str]) -> list[ServiceSpec]:
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except BaseException as exc:
+        # SystemExit or KeyboardInterrupt raised by a module's own code is that module's
+        # problem: report it and load the rest. Only this process's shutdown goes on.
+        if not isinstance(exc, Exception) and shutdown.requested():
+            raise
         logger.debug("import of %s failed", module_name, exc_info=True)
         errors.append(f"{_path_of(module_name)}: cannot be imported: {type(exc).__name__}: {exc}")
         return []

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from services import logs
+from services import logs, shutdown
 from services.config import tick_gap
+from services.errors import RunTimedOut
+from services.fields import ERROR, INTERRUPTED, OK, TIMEOUT
 from services.lease import LeaseKeeper
 from services.state import Decision, FinishResult, RunTicket
 
@@ -41,13 +45,20 @@ class RunReport:
     def failed(self) -> bool:
         return self.error is not None or (self.ticket is not None and self.ticket.error is not None)
 
+    @property
+    def outcome(self) -> str | None:
+        """ok | error | timeout for a run that ended; None when the guard refused it."""
+        if self.ticket is None:
+            return None
+        return self.ticket.outcome if self.failed or self.ticket.outcome != OK else OK
+
     def summary(self) -> str:
         """One line, the Celery task's result as Flower shows it: ``ran <run id>: ok`` or
         ``skipped: paused``. A string, because Celery reprs every result into its event."""
         if self.ticket is None:
             detail = f" ({self.decision.detail})" if self.decision.detail else ""
             return f"skipped: {self.verdict}{detail}"
-        outcome = "error" if self.failed else "ok"
+        outcome = self.outcome or ""
         if self.result is not None and self.result.stopped:
             outcome += ", stopped at max_failures"
         return f"ran {self.ticket.run_id}: {outcome}"
@@ -60,47 +71,123 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}{where}"[:2000]
 
 
-async def run_once(service: AbstractService, kind: str, keeper: LeaseKeeper) -> RunReport:
-    """Guard, run ``update()`` on this loop, record the outcome. Never raises for a failing
-    ``update()``: the failure is recorded and reported."""
+async def run_once(service: AbstractService, kind: str, keeper: LeaseKeeper,
+                   limit_errors: tuple[type[BaseException], ...] = ()) -> RunReport:
+    """Guard, run ``update()`` on this loop under its time limits, record the outcome. Never
+    raises for a failing ``update()``: the failure is recorded and reported. Raises only for
+    the process's own shutdown (after recording the run as ``interrupted``).
+
+    ``limit_errors``: exceptions a host raises for its own time limit (Celery's
+    ``SoftTimeLimitExceeded``): such a run is a ``timeout`` too."""
     store = service.state
     with logs.bound(service.name):
         decision = store.begin(
             service.name, kind=kind, max_runs=service.max_concurrent_runs,
-            tick_gap_seconds=tick_gap(service.interval_seconds))
+            tick_gap_seconds=tick_gap(service.interval_seconds),
+            cooldown_seconds=service.stop_cooldown_seconds)
         _log_decision(store.keys.state(service.name), decision)
         if decision.ticket is None:
             return RunReport(decision)
     ticket = decision.ticket
     with logs.bound(service.name, ticket.run_id):
-        keeper.track(ticket)
+        keeper.track(ticket, service.timeout_seconds + keeper.grace,
+                     functools.partial(_hard_limit, service, keeper))
         service._begin_run(ticket)
-        error: BaseException | None = None
         try:
-            await service.update()
-        except BaseException as exc:
-            error = exc
-            if isinstance(exc, Exception):
-                logger.error("update() failed: %s", describe(exc), exc_info=exc)
-            else:
-                logger.warning("update() interrupted by %s", type(exc).__name__)
+            outcome, error = await _run_update(service, ticket, limit_errors)
         finally:
             keeper.untrack(ticket)
-        if error is not None and not isinstance(error, Exception):
-            # Shutdown (SystemExit, KeyboardInterrupt, CancelledError) is not the service's
-            # failure: free the lease, note it in the history, then let the shutdown go on.
+        ticket.outcome = outcome
+        _log_end(outcome, error)
+        if outcome == INTERRUPTED:
             try:
-                store.finish(ticket, error=describe(error), max_failures=service.max_failures,
-                             retry_delay_seconds=service.retry_delay_seconds, interrupted=True)
+                store.finish(ticket, error=describe(error), outcome=INTERRUPTED,
+                             max_failures=service.max_failures,
+                             retry_delay_seconds=service.retry_delay_seconds)
             finally:
                 service._end_run(ticket)
-            raise error
+            raise error  # type: ignore[misc]  # the shutdown goes on
         try:
             result = service._finish_run(ticket, error)
         finally:
             service._end_run(ticket)
         _log_outcome(service, ticket, result)
     return RunReport(decision, error, result)
+
+
+async def _run_update(service: AbstractService, ticket: RunTicket,
+                      limit_errors: tuple[type[BaseException], ...]
+                      ) -> tuple[str, BaseException | None]:
+    """Await ``update()`` under its soft limit; how it ended, and with what."""
+    limit = asyncio.timeout(service.timeout_seconds)
+    ticket.expire = limit.reschedule  # a host's own limit can end the run early (see worker)
+    try:
+        async with limit:
+            await service.update()
+    except BaseException as exc:
+        return _classify(exc, limit, limit_errors, service.timeout_seconds)
+    finally:
+        ticket.expire = None
+    if limit.expired():  # update() swallowed the cancellation and returned late
+        return TIMEOUT, RunTimedOut(
+            f"update() ran past timeout_seconds={service.timeout_seconds:g} and ignored the "
+            "cancellation")
+    return OK, None
+
+
+def _classify(exc: BaseException, limit: asyncio.Timeout,
+              limit_errors: tuple[type[BaseException], ...],
+              timeout_seconds: float) -> tuple[str, BaseException]:
+    """What an exception out of ``update()`` means for the run's outcome."""
+    if isinstance(exc, TimeoutError) and limit.expired():
+        return TIMEOUT, RunTimedOut(
+            f"update() ran past timeout_seconds={timeout_seconds:g} and was cancelled")
+    if isinstance(exc, limit_errors):
+        return TIMEOUT, exc
+    if isinstance(exc, Exception):
+        return ERROR, exc
+    if isinstance(exc, asyncio.CancelledError):
+        # Cancelled from outside (the standalone loop's Ctrl-C, a host shutting down), or a
+        # cancelled inner task that leaked out of update(), which is update()'s own failure.
+        task = asyncio.current_task()
+        return (INTERRUPTED if task is not None and task.cancelling() else ERROR), exc
+    # SystemExit, KeyboardInterrupt or a custom BaseException: the process's own shutdown
+    # only if it is shutting down; otherwise user code raised it, and it is a failure.
+    return (INTERRUPTED if shutdown.requested() else ERROR), exc
+
+
+def _hard_limit(service: AbstractService, keeper: LeaseKeeper, ticket: RunTicket) -> None:
+    """In the lease keeper's thread: the run is past its hard limit, so ``update()`` never
+    yielded to be cancelled. Record it as a ``timeout`` (freeing the lease), then let the host
+    end the process if it can replace it."""
+    limit = service.timeout_seconds + keeper.grace
+    with logs.bound(service.name, ticket.run_id):
+        logger.error("update() did not return within its hard limit (%gs: timeout_seconds "
+                     "%g + grace %g); recorded as timeout", limit, service.timeout_seconds,
+                     keeper.grace)
+        ticket.outcome = TIMEOUT
+        ticket.result = service.state.finish(
+            ticket, outcome=TIMEOUT, max_failures=service.max_failures,
+            retry_delay_seconds=service.retry_delay_seconds,
+            error=f"RunTimedOut: hard limit: update() did not return within {limit:g}s and "
+                  "never yielded to be cancelled (a blocking call)")
+        if keeper.on_hard_limit is not None:
+            keeper.on_hard_limit(ticket)
+
+
+def _log_end(outcome: str, error: BaseException | None) -> None:
+    if error is None:
+        return
+    if outcome == INTERRUPTED:
+        logger.warning("update() interrupted by the process's shutdown (%s)",
+                       type(error).__name__)
+    elif outcome == TIMEOUT:
+        logger.error("update() timed out: %s", describe(error))
+    elif isinstance(error, Exception):
+        logger.error("update() failed: %s", describe(error), exc_info=error)
+    else:  # SystemExit, KeyboardInterrupt, CancelledError... raised by the service itself
+        logger.error("update() failed: it raised %s, which is not this process's shutdown: "
+                     "counted as a failure", describe(error), exc_info=error)
 
 
 def _log_decision(key: str, decision: Decision) -> None:

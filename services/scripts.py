@@ -32,6 +32,7 @@ class Scripts:
     finish_run: Script
     renew_lease: Script
     control: Script
+    restore_state: Script
 
     @classmethod
     def register(cls, client: Redis) -> Scripts:
@@ -40,6 +41,7 @@ class Scripts:
             finish_run=client.register_script(_source("finish_run")),
             renew_lease=client.register_script(_source("renew_lease")),
             control=client.register_script(_source("control")),
+            restore_state=client.register_script(_source("restore_state")),
         )
 
 

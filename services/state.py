@@ -7,6 +7,7 @@ agree on leases, backoff and tick windows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -14,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -23,28 +24,20 @@ import redis
 from redis import Redis
 from redis.commands.core import Script
 
+from services import durability
+from services.config import MAX_SECONDS
 from services.errors import StateCorruptError, StateUnavailableError
+from services.fields import ServiceState, parse_flag
 from services.keys import Keys, validate_name
 from services.scripts import ScriptChannel, Scripts
 from services.settings import Settings, get_settings, redact_url
 
 logger = logging.getLogger(__name__)
 
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 GO = "go"
-
-
-def parse_flag(value: str | None, default: bool) -> bool | None:
-    """A flag as Redis holds it; None when the value is not a flag (the scripts agree)."""
-    if value is None:
-        return default
-    word = value.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    return None
+HELD = "held"
+# A stored time further ahead than the longest allowed delay (plus a day) is absurd.
+MAX_AHEAD_MS = int((MAX_SECONDS + 86400) * 1000)
 
 
 def worker_identity() -> str:
@@ -68,6 +61,10 @@ class RunTicket:
     result: FinishResult | None = None
     began: float = field(default_factory=time.monotonic, repr=False)
     """When this process saw the run start (its own monotonic clock)."""
+    outcome: str = "ok"
+    """How ``update()`` ended, as the runner classified it (services.fields.OUTCOMES)."""
+    expire: Callable[[float | None], None] | None = field(default=None, repr=False)
+    """While ``update()`` runs: moves its soft limit (``expire(0)`` ends it now)."""
 
     @property
     def run_id(self) -> str:
@@ -83,6 +80,9 @@ class Decision:
     now_ms: int
     warnings: tuple[str, ...] = ()
     ticket: RunTicket | None = None
+    epoch: str = ""
+    restored: str = ""
+    """Set when this process restored the service's flags after Redis lost its data."""
 
     @property
     def go(self) -> bool:
@@ -96,65 +96,8 @@ class FinishResult:
     superseded: bool
     lease_lost: bool
     retry_at_ms: int
-
-
-@dataclass(frozen=True)
-class ServiceState:
-    """A service's hash, read with the documented defaults. Unreadable fields fall back to the
-    default and are listed in ``corrupt`` as ``field=value``."""
-
-    name: str
-    running: bool = True
-    paused: bool = False
-    failures: int = 0
-    runs: int = 0
-    retry_at: float | None = None
-    last_started_at: float | None = None
-    last_finished_at: float | None = None
-    last_success_at: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
-    stop_reason: str | None = None
-    changed_by: str | None = None
-    changed_at: float | None = None
-    change: str | None = None
-    change_reason: str | None = None
-    corrupt: tuple[str, ...] = field(default=())
-
-    @classmethod
-    def from_hash(cls, name: str, raw: Mapping[str, str]) -> ServiceState:
-        corrupt: list[str] = []
-        values: dict[str, Any] = {}
-        for flag, default in (("running", True), ("paused", False)):
-            parsed = parse_flag(raw.get(flag), default)
-            if parsed is None:
-                corrupt.append(f"{flag}={raw[flag]}")
-                # A value nobody can read must not run the service: the scripts refuse too.
-                parsed = flag == "paused"
-            values[flag] = parsed
-        for key in ("failures", "runs"):
-            values[key] = int(_number(raw, key, corrupt) or 0)
-        for key in ("retry_at", "last_started_at", "last_finished_at", "last_success_at",
-                    "last_error_at", "changed_at"):
-            values[key] = _number(raw, key, corrupt)
-        for key in ("last_error", "stop_reason", "changed_by", "change", "change_reason"):
-            values[key] = raw.get(key) or None
-        return cls(name=name, corrupt=tuple(corrupt), **values)
-
-
-def _number(raw: Mapping[str, str], key: str, corrupt: list[str]) -> float | None:
-    value = raw.get(key)
-    if value in (None, ""):
-        return None
-    try:
-        # float() also takes '1_0'; the scripts do not, and both must read a value alike.
-        number = math.nan if "_" in value else float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number):  # nan and inf are no count and no time either
-        corrupt.append(f"{key}={value}")
-        return None
-    return number
+    counted: bool = True
+    """False for a failure that overlapped one already counted in this backoff window."""
 
 
 class _Reaching:
@@ -275,21 +218,72 @@ class StateStore:
 
     # -- runs ------------------------------------------------------------------------------
 
-    def begin(self, name: str, *, kind: str, max_runs: int, tick_gap_seconds: float) -> Decision:
-        """The guard: run now or not, and why not. On ``go`` the lease is held."""
-        state_key, lease_key, _ = self.keys.for_service(name)
+    def begin(self, name: str, *, kind: str, max_runs: int, tick_gap_seconds: float,
+              cooldown_seconds: float = 0.0) -> Decision:
+        """The guard: run now or not, and why not. On ``go`` the lease is held. A service held
+        after Redis lost its data is restored first if this process saw its flags."""
+        decision = self._guard(name, kind, max_runs, tick_gap_seconds, cooldown_seconds)
+        if decision.verdict == HELD:
+            restored = self._restore(name, decision)
+            if restored:
+                decision = self._guard(name, kind, max_runs, tick_gap_seconds, cooldown_seconds)
+                decision = dataclasses.replace(decision, restored=restored)
+        return decision
+
+    def _guard(self, name: str, kind: str, max_runs: int, tick_gap_seconds: float,
+               cooldown_seconds: float) -> Decision:
+        memory = self.memory
         with self._reaching_cm:
             # 48 random bits, as the first 12 hex digits of a uuid4 were, @ host:pid.
             token = f"{os.urandom(6).hex()}@{self._per_process()[1]}"
-            verdict, detail, now_ms, warnings = self._run_script(
-                self.scripts.begin_run,
-                (state_key, lease_key),
-                (token, self.lease_ms, max_runs, kind, int(tick_gap_seconds * 1000)),
-            )
+            verdict, detail, now_ms, warnings, epoch, run_kind = self._run_script(
+                self.scripts.begin_run, self.keys.for_service(name),
+                (token, self.lease_ms, max_runs, kind, int(tick_gap_seconds * 1000),
+                 memory.epoch, durability.new_epoch_id(), int(cooldown_seconds * 1000),
+                 MAX_AHEAD_MS, self.history_length))
+        memory.epoch = epoch
+        memory.note(name, verdict, detail, int(now_ms))
+        if verdict == HELD:
+            memory.announce_loss(epoch, detail, f"Redis at {self.redis_url}")
         ticket = None
         if verdict == GO:
-            ticket = RunTicket(name, token, int(detail), int(now_ms), kind)
-        return Decision(verdict, detail, int(now_ms), tuple(warnings), ticket)
+            ticket = RunTicket(name, token, int(detail), int(now_ms), run_kind)
+        return Decision(verdict, detail, int(now_ms), tuple(warnings), ticket, epoch)
+
+    def _restore(self, name: str, held: Decision) -> str:
+        """Put back the flags this process saw of ``name``; '' when it saw none."""
+        seen = self.memory.seen.get(name)
+        if seen is None:
+            return ""
+        with self._reaching_cm:
+            verdict = self.scripts.restore_state(
+                keys=[self.keys.state(name), self.keys.audit(name), self.keys.epoch()],
+                args=[held.epoch, int(seen.running), int(seen.paused), seen.stop_reason,
+                      f"{seen.at:.3f}", self._per_process()[1], self.audit_length])
+        logger.warning("%s: Redis lost its data; %s its flags as this process saw them "
+                       "(running=%s paused=%s)", name, verdict, seen.running, seen.paused)
+        return str(verdict)
+
+    @property
+    def memory(self) -> durability.StoreMemory:
+        return durability.memory_for(self.redis_url, self.keys.prefix)
+
+    def remember_epoch(self) -> str:
+        """Read the store's epoch (making one for a new store) into this process's memory.
+        A worker's main process calls it before forking its pool."""
+        key = self.keys.epoch()
+        with self._reaching():
+            now_s, _ = self.client.time()
+            self.client.hsetnx(key, "id", durability.new_epoch_id())
+            self.client.hsetnx(key, "created_at", now_s * 1000)
+            epoch = self.client.hget(key, "id") or ""
+        self.memory.epoch = epoch
+        return epoch
+
+    def epoch_info(self) -> dict[str, str]:
+        """The store's epoch hash: ``id``, ``created_at`` and, after a loss, ``lost_at``..."""
+        with self._reaching():
+            return self.client.hgetall(self.keys.epoch())
 
     def finish(
         self,
@@ -298,37 +292,39 @@ class StateStore:
         error: str | None,
         max_failures: int,
         retry_delay_seconds: float,
-        interrupted: bool = False,
+        outcome: str | None = None,
     ) -> FinishResult:
-        """Record a run's outcome (``error`` None means success; ``interrupted``, a shutdown
-        mid-run, counts as neither) and release its lease."""
-        outcome = "interrupted" if interrupted else ("ok" if error is None else "error")
+        """Record a run's outcome and release its lease. ``outcome`` defaults to ``ok`` when
+        ``error`` is None, else ``error``; ``timeout`` counts as a failure, ``interrupted``
+        (the worker's own shutdown mid-run) as neither."""
+        outcome = outcome or ("ok" if error is None else "error")
         keys = self.keys.for_service(ticket.name)
         args = (ticket.token, ticket.seq, outcome, error or "", max_failures,
                 int(retry_delay_seconds * 1000), self.history_length, ticket.started_ms,
-                self.worker)
+                self._per_process()[1], ticket.kind, self.audit_length)
         if outcome == "ok" and self._may_defer(ticket):
             with self._reaching_cm:
                 self._per_process()[2].send(self.scripts.finish_run, keys, args, ticket)
             return _SUCCEEDED
         with self._reaching_cm:
-            failures, stopped, superseded, lost, retry_at = self._run_script(
+            failures, stopped, superseded, lost, retry_at, counted = self._run_script(
                 self.scripts.finish_run, keys, args)
         return FinishResult(int(failures), bool(stopped), bool(superseded), bool(lost),
-                            int(retry_at))
+                            int(retry_at), bool(counted))
 
     def _may_defer(self, ticket: RunTicket) -> bool:
         """A success may be recorded without waiting for Redis's reply when that reply is
         known: the run ended well inside its lease (so it cannot have expired and been taken
         over), hence it resets failures, stops nothing and supersedes nothing."""
-        return (self.defer_success and not ticket.lease_lost
+        return (self.defer_success and not ticket.lease_lost and ticket.kind != "probe"
                 and time.monotonic() - ticket.began < self.lease_seconds / 3)
 
-    def renew(self, ticket: RunTicket) -> bool:
+    def renew(self, ticket: RunTicket, lease_ms: int | None = None) -> bool:
+        """Extend the run's lease by ``lease_ms`` (default: the whole lease) from now."""
         with self._reaching_cm:
             return bool(self._run_script(
                 self.scripts.renew_lease, (self.keys.lease(ticket.name),),
-                (ticket.token, self.lease_ms)))
+                (ticket.token, lease_ms or self.lease_ms)))
 
     # -- operator actions -------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from kombu import Exchange, Queue
 
 from beat_schedule import build_routes, build_schedule, service_queues
 from services import logs
+from services.durability import persistence_warnings
+from services.errors import StateUnavailableError
 from services.registry import Registry
 from services.settings import get_settings
 from worker import runtime
@@ -102,8 +104,24 @@ def _register(**_: Any) -> None:
     runtime.default_store().register_services(registry.configs())
 
 
+@signals.worker_init.connect
+def _check_state_store(**_: Any) -> None:
+    # In the main process, before the pool forks: every pool process (recycled ones too)
+    # inherits the store's epoch, so a store that loses its data is recognised as such.
+    store = runtime.default_store()
+    try:
+        store.remember_epoch()
+        problems = persistence_warnings(store.client, store.redis_url)
+    except StateUnavailableError as exc:
+        logger.error("cannot read the service state store: %s", exc)
+        return
+    for problem in problems:
+        logger.warning("%s", problem)
+
+
 @signals.worker_process_init.connect
 def _build_services(**_: Any) -> None:
+    runtime.in_pool_process = True
     runtime.current(registry).build_all()
 
 

@@ -12,14 +12,48 @@ import logging
 import os
 import threading
 
-from services import logs
+from billiard.common import terminate_handler_fired
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker import state as worker_state
+
+from services import logs, shutdown
 from services.AbstractService import AbstractService
 from services.lease import LeaseKeeper
 from services.registry import Registry
 from services.runner import RunReport, run_once
-from services.state import StateStore, default_store
+from services.settings import get_settings
+from services.state import RunTicket, StateStore, default_store
 
 logger = logging.getLogger(__name__)
+# Celery's own soft time limit (--soft-time-limit): a run it ends is a timeout, like ours.
+LIMIT_ERRORS: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded,)
+# sysexits' EX_SOFTWARE: the pool process ends itself, and billiard replaces it.
+EXIT_HARD_LIMIT = 70
+in_pool_process = False
+"""True in a prefork pool process (set by worker_process_init): there the hard limit ends the
+process, which the pool replaces. The solo pool's only process is the worker itself, so there
+a run past its hard limit is recorded and its lease freed, and the process waits for it."""
+
+
+def _celery_is_stopping() -> bool:
+    # billiard's flag: this pool process got its terminate signal (a cold shutdown);
+    # Celery's: the worker is shutting down (the solo pool runs tasks in the main process).
+    return bool(terminate_handler_fired() or worker_state.should_terminate
+                or worker_state.should_stop)
+
+
+shutdown.register(_celery_is_stopping)
+
+
+def _end_this_process(ticket: RunTicket) -> None:
+    """At a run's hard limit (its outcome already recorded): replace a blocked pool process."""
+    if not in_pool_process:
+        return
+    with logs.bound(ticket.name, ticket.run_id):
+        logger.critical("ending this pool process (pid %d): a run is blocked past its hard "
+                        "limit; the pool starts a fresh process", os.getpid())
+    logging.shutdown()
+    os._exit(EXIT_HARD_LIMIT)
 
 
 class ProcessRuntime:
@@ -31,7 +65,8 @@ class ProcessRuntime:
         self.loop = asyncio.new_event_loop()
         # Clients made in _configure_service() that look up "the" loop must find this one.
         asyncio.set_event_loop(self.loop)
-        self.keeper = LeaseKeeper(store)
+        self.keeper = LeaseKeeper(store, grace_seconds=get_settings().hard_limit_grace_seconds)
+        self.keeper.on_hard_limit = _end_this_process
         self.instances: dict[str, AbstractService] = {}
         # The worker moves on to its next task while Redis records a short run's success;
         # the reply is read before the next command (see services.scripts.ScriptChannel).
@@ -63,7 +98,17 @@ class ProcessRuntime:
                 "services run on one event loop per worker process: use the prefork or solo "
                 "pool (celery worker -P prefork|solo), not threads, gevent or eventlet")
         service = self.service(name)
-        return self.loop.run_until_complete(run_once(service, kind, self.keeper))
+        run = self.loop.create_task(run_once(service, kind, self.keeper, LIMIT_ERRORS))
+        while True:
+            try:
+                return self.loop.run_until_complete(run)
+            except LIMIT_ERRORS:
+                # Celery's soft limit fired while the loop was waiting, outside update():
+                # end update() now, as a timeout, and let the runner record it.
+                ticket = service._current_run
+                if run.done() or ticket is None or ticket.expire is None:
+                    raise
+                ticket.expire(0)
 
     def shutdown(self) -> None:
         """``cleanup()`` every instance, then stop the keeper and close the loop."""

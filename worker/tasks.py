@@ -14,7 +14,8 @@ from celery import Celery, Task
 
 from beat_schedule import task_name, tick_expires
 from services import logs
-from services.errors import ServiceRunFailed
+from services.errors import ServiceRunFailed, StateUnavailableError
+from services.outage import Outage
 from services.registry import Registry
 from services.runner import KINDS, RunReport
 from worker import runtime
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 # Celery's countdown runs on the worker's clock, retry_at on Redis's: a little slack keeps a
 # retry from arriving a hair before its backoff ends and being refused.
 RETRY_SLACK_SECONDS = 0.25
+_state_outage = Outage(logger, "service state (Redis)")
 
 
 def register_tasks(app: Celery, registry: Registry) -> None:
@@ -47,7 +49,15 @@ def execute(task: Task, registry: Registry, name: str, kind: str) -> str:
         raise ValueError(f"task {task.name}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if task.request.retries:
         kind = "retry"
-    report = runtime.current(registry).run(name, kind)
+    try:
+        report = runtime.current(registry).run(name, kind)
+    except StateUnavailableError as exc:
+        # Logged once per outage (then a reminder every 30 s), not a traceback per tick;
+        # the next tick after Redis is back runs normally.
+        with logs.bound(name):
+            _state_outage.failed(exc)
+        return f"skipped: state unavailable ({exc})"
+    _state_outage.recovered()
     if report.ticket is not None:
         logs.note_run_id(report.ticket.run_id)
     if report.failed:
@@ -59,9 +69,12 @@ def _retry_or_fail(task: Task, registry: Registry, name: str, report: RunReport)
     assert report.ticket is not None and report.result is not None
     run_id = report.ticket.run_id
     error = report.ticket.error or repr(report.error)
-    failure = ServiceRunFailed(f"service {name} run {run_id} failed: {error}")
+    failure = ServiceRunFailed(f"service {name} run {run_id} failed ({report.outcome}): {error}")
     result = report.result
-    if result.stopped or result.superseded or task.request.retries >= (task.max_retries or 0):
+    # A failure that overlapped one already counted (concurrent runs, their retries) gets no
+    # retry of its own: one retry per backoff window, not a storm of them.
+    if (result.stopped or result.superseded or not result.counted
+            or task.request.retries >= (task.max_retries or 0)):
         raise failure
     config = registry.get(name).config
     countdown = config.retry_delay_seconds + RETRY_SLACK_SECONDS

@@ -1,24 +1,38 @@
 -- begin_run: the guard before every run. One round trip decides whether a run of one service
 -- may start now and, if it may, starts it: takes a lease and hands out a fencing token.
+-- On the way it records runs whose worker died (their lease lapsed with no finish) as `lost`,
+-- and notices a store that lost its data (the epoch this process knew is gone).
 --
--- KEYS[1]  state hash   <prefix>:<name>
--- KEYS[2]  lease zset   <prefix>:<name>:lease   member = run token, score = expiry (ms)
--- ARGV[1]  token        the run's token (run id @ worker); becomes the lease member
--- ARGV[2]  lease_ms     how long the lease lasts unless renewed
--- ARGV[3]  max_runs     max_concurrent_runs: how many leases may be held at once
--- ARGV[4]  kind         tick | loop | retry | trigger
--- ARGV[5]  tick_gap_ms  a tick or loop run sooner than this after the last one is a duplicate
+-- KEYS[1]  state hash     <prefix>:<name>
+-- KEYS[2]  lease zset     <prefix>:<name>:lease     member = run token, score = expiry (ms)
+-- KEYS[3]  history list   <prefix>:<name>:history   (newest first)
+-- KEYS[4]  inflight hash  <prefix>:<name>:inflight  run token -> start (ms)
+-- KEYS[5]  audit list     <prefix>:<name>:audit     (not written here)
+-- KEYS[6]  epoch hash     <prefix>:_epoch           id, created_at [, lost_at, lost_epoch]
+-- ARGV[1]  token          the run's token (run id @ worker); becomes the lease member
+-- ARGV[2]  lease_ms       how long the lease lasts unless renewed
+-- ARGV[3]  max_runs       max_concurrent_runs: how many leases may be held at once
+-- ARGV[4]  kind           tick | loop | retry | trigger
+-- ARGV[5]  tick_gap_ms    a tick or loop run sooner than this after the last one is a duplicate
+-- ARGV[6]  known_epoch    the epoch id this process last saw ('' if none)
+-- ARGV[7]  new_epoch      the id to give the store if it has no epoch
+-- ARGV[8]  cooldown_ms    stop_cooldown_seconds in ms: a probe run after a max_failures stop
+-- ARGV[9]  max_ahead_ms   a stored time further ahead than this is absurd: ignored, with a warning
+-- ARGV[10] history_len    how many runs the history keeps
 --
--- Returns {verdict, detail, now_ms, warnings}
---   go               detail = run sequence number (fencing token, increases per run)
+-- Returns {verdict, detail, now_ms, warnings, epoch, kind}
+--   go               detail = run sequence number (fencing token); kind = the run's kind
+--                    (`probe` for a probe run after stop_cooldown_seconds)
 --   stopped          detail = stop_reason
 --   paused           detail = ''
+--   held             detail = lost_at (ms): Redis lost its data and nobody has restored or
+--                    confirmed this service's state since; nothing runs until then
 --   backoff          detail = retry_at (epoch seconds) after a failure
 --   duplicate        detail = last_tick_at (ms): another tick already ran in this window
 --   nothing_to_retry detail = '': a retry whose failure a later success already cleared
 --   leased           detail = comma-separated tokens holding every lease
 --   corrupt          detail = 'field=value': a flag Redis holds is not a flag; nothing runs
---   warnings: 'field=value' for numeric fields that were unreadable and treated as unset
+--   warnings: 'field=value' for fields that were unreadable or absurd and treated as unset
 
 local TRUE = {['1'] = true, ['true'] = true, ['yes'] = true, ['on'] = true}
 local FALSE = {['0'] = true, ['false'] = true, ['no'] = true, ['off'] = true, [''] = true}
@@ -47,18 +61,70 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local token, lease_ms, max_runs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local kind, tick_gap = ARGV[4], tonumber(ARGV[5])
+local known_epoch, cooldown_ms, max_ahead = ARGV[6], tonumber(ARGV[8]), tonumber(ARGV[9])
+
+-- Runs whose lease lapsed without a finish: their worker died (SIGKILL, OOM, power). Each is
+-- recorded once, as `lost`, by whichever guard finds it first.
+for _, held in ipairs(redis.call('HKEYS', KEYS[4])) do
+  local expiry = redis.call('ZSCORE', KEYS[2], held)
+  if not expiry or tonumber(expiry) < now then
+    local started = tonumber(redis.call('HGET', KEYS[4], held)) or now
+    local ended = tonumber(expiry or now)
+    redis.call('HDEL', KEYS[4], held)
+    redis.call('HINCRBY', KEYS[1], 'runs_lost', 1)
+    redis.call('LPUSH', KEYS[3], cjson.encode({
+      run_id = string.match(held, '^[^@]*'), token = held,
+      worker = string.match(held, '@(.*)$') or cjson.null, outcome = 'lost',
+      started_at = started / 1000, finished_at = ended / 1000,
+      duration = (ended - started) / 1000, lease_lost = true, superseded = false,
+      error = string.format('the worker died mid-run: its lease lapsed at %.3f without a finish',
+        ended / 1000)}))
+    redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[10]) - 1)
+  end
+end
+
+-- The store's epoch. None while this process remembers one: Redis lost its data (a restart
+-- without persistence, FLUSHDB, failover to an empty replica). None and nothing remembered:
+-- a new store.
+local e = redis.call('HMGET', KEYS[6], 'id', 'lost_at')
+local epoch, lost_at = e[1], e[2]
+if not epoch then
+  epoch = ARGV[7]
+  redis.call('HSET', KEYS[6], 'id', epoch, 'created_at', now)
+  if known_epoch ~= '' then
+    lost_at = tostring(now)
+    redis.call('HSET', KEYS[6], 'lost_at', lost_at, 'lost_epoch', known_epoch,
+      'detected_by', string.match(token, '@(.*)$') or token)
+  end
+end
 
 local h = redis.call('HMGET', KEYS[1], 'running', 'paused', 'retry_at', 'last_tick_at',
-  'failures', 'runs', 'stop_reason')
+  'failures', 'runs', 'stop_reason', 'stopped_by', 'stopped_at', 'epoch', 'change')
+-- After a loss, a service runs only once its state was restored (by a worker that saw it)
+-- or an operator acted on it: the safe reading is "may have been paused or stopped".
+if lost_at and h[10] ~= epoch and not h[11] then
+  return {'held', lost_at, now, warnings, epoch, kind}
+end
 local running, paused = flag(h[1], true), flag(h[2], false)
-if running == nil then return {'corrupt', 'running=' .. h[1], now, warnings} end
-if paused == nil then return {'corrupt', 'paused=' .. h[2], now, warnings} end
-if not running then return {'stopped', h[7] or '', now, warnings} end
-if paused then return {'paused', '', now, warnings} end
+if running == nil then return {'corrupt', 'running=' .. h[1], now, warnings, epoch, kind} end
+if paused == nil then return {'corrupt', 'paused=' .. h[2], now, warnings, epoch, kind} end
+local probe = false
+if not running then
+  local stopped_at = number('stopped_at', h[9])
+  probe = cooldown_ms > 0 and not paused and h[8] == 'max_failures' and stopped_at ~= nil
+    and now >= stopped_at * 1000 + cooldown_ms
+  if not probe then return {'stopped', h[7] or '', now, warnings, epoch, kind} end
+  kind = 'probe'
+end
+if paused then return {'paused', '', now, warnings, epoch, kind} end
 
 local retry_at = number('retry_at', h[3])
-if retry_at and now < retry_at * 1000 then
-  return {'backoff', h[3], now, warnings}
+if retry_at and retry_at * 1000 - now > max_ahead then
+  table.insert(warnings, 'retry_at=' .. h[3])  -- a typo or a hand edit, not a backoff
+  retry_at = nil
+end
+if not probe and retry_at and now < retry_at * 1000 then
+  return {'backoff', h[3], now, warnings, epoch, kind}
 end
 local last_tick = number('last_tick_at', h[4])
 if last_tick and last_tick > now + tick_gap then
@@ -68,29 +134,31 @@ if last_tick and last_tick > now + tick_gap then
   last_tick = nil
 end
 if (kind == 'tick' or kind == 'loop') and last_tick and now - last_tick < tick_gap then
-  return {'duplicate', h[4], now, warnings}
+  return {'duplicate', h[4], now, warnings, epoch, kind}
 end
 local failures = number('failures', h[5]) or 0
 if kind == 'retry' and failures == 0 then
-  return {'nothing_to_retry', '', now, warnings}
+  return {'nothing_to_retry', '', now, warnings, epoch, kind}
 end
 
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local holders = redis.call('ZRANGE', KEYS[2], 0, -1)
 if #holders >= max_runs then
-  return {'leased', table.concat(holders, ','), now, warnings}
+  return {'leased', table.concat(holders, ','), now, warnings, epoch, kind}
 end
 redis.call('ZADD', KEYS[2], now + lease_ms, token)
 -- Every member expires within lease_ms of its last write, so this TTL outlives them all and
--- a crashed worker's lease disappears by itself.
+-- a crashed worker's lease disappears by itself; the inflight entry stays until it is found.
 redis.call('PEXPIRE', KEYS[2], lease_ms)
+redis.call('HSET', KEYS[4], token, now)
 
 local seq = (number('runs', h[6]) or 0) + 1
 local started = string.format('%.3f', now / 1000)
+redis.call('HSET', KEYS[1], 'runs', seq, 'last_started_at', started, 'last_run_id', token)
 if kind == 'tick' or kind == 'loop' then
-  redis.call('HSET', KEYS[1], 'runs', seq, 'last_started_at', started, 'last_run_id', token,
-    'last_tick_at', now)
-else
-  redis.call('HSET', KEYS[1], 'runs', seq, 'last_started_at', started, 'last_run_id', token)
+  redis.call('HSET', KEYS[1], 'last_tick_at', now)
+elseif probe then
+  -- One probe per cooldown, however many ticks arrive at once.
+  redis.call('HSET', KEYS[1], 'stopped_at', started)
 end
-return {'go', tostring(seq), now, warnings}
+return {'go', tostring(seq), now, warnings, epoch, kind}

@@ -1,24 +1,36 @@
 -- finish_run: record one run's outcome, release its lease and append it to the history.
 -- One round trip after every run that begin_run let start.
 --
--- KEYS[1]  state hash    <prefix>:<name>
--- KEYS[2]  lease zset    <prefix>:<name>:lease
--- KEYS[3]  history list  <prefix>:<name>:history (newest first)
--- ARGV[1]  token         the run's token, as given to begin_run
--- ARGV[2]  seq           the run's sequence number, as begin_run returned it
--- ARGV[3]  outcome       ok | error | interrupted (shutdown mid-run: not a failure)
--- ARGV[4]  error         the error text ('' on ok)
--- ARGV[5]  max_failures  consecutive failures that stop the service
--- ARGV[6]  retry_ms      retry_delay_seconds in ms: how long a failure backs off
--- ARGV[7]  history_len   how many runs the history keeps
--- ARGV[8]  started_ms    the run's start, as begin_run returned it
--- ARGV[9]  worker        host:pid of the process that ran it
+-- KEYS[1]  state hash     <prefix>:<name>
+-- KEYS[2]  lease zset     <prefix>:<name>:lease
+-- KEYS[3]  history list   <prefix>:<name>:history (newest first)
+-- KEYS[4]  inflight hash  <prefix>:<name>:inflight
+-- KEYS[5]  audit list     <prefix>:<name>:audit (a probe run that starts the service again)
+-- KEYS[6]  epoch hash     <prefix>:_epoch (not read here; the keys are begin_run's)
+-- ARGV[1]  token          the run's token, as given to begin_run
+-- ARGV[2]  seq            the run's sequence number, as begin_run returned it
+-- ARGV[3]  outcome        ok | error | timeout | interrupted (the worker's own shutdown)
+-- ARGV[4]  error          the error text ('' on ok)
+-- ARGV[5]  max_failures   counted failures that stop the service...
+-- ARGV[6]  retry_ms       ...once they span max_failures x retry_ms (retry_delay_seconds)
+-- ARGV[7]  history_len    how many runs the history keeps
+-- ARGV[8]  started_ms     the run's start, as begin_run returned it
+-- ARGV[9]  worker         host:pid of the process that ran it
+-- ARGV[10] kind           the run's kind, as begin_run returned it (probe: see below)
+-- ARGV[11] audit_len      how many entries the audit list keeps
 --
--- Returns {failures, stopped, superseded, lease_lost, retry_at_ms}
+-- Returns {failures, stopped, superseded, lease_lost, retry_at_ms, counted}
+--   A failure (error, timeout) is counted once per backoff window: a failing run that began
+--   before the last counted failure overlapped it (concurrent runs, their retries) and only
+--   joins the history. The service stops at max_failures counted failures, and only once
+--   they span max_failures x retry_delay: an outage shorter than that never stops it.
 --   superseded = 1: the lease was lost and a newer run has started since; only the history
---   records this run, so that a late finish never overwrites the newer run's state.
+--   records it, never over the newer run's state.
+--   A probe run (after stop_cooldown_seconds) that succeeds starts the service again, in the
+--   audit list; one that fails leaves it stopped until the next cooldown.
 --   seq = 0 records an outcome that belongs to no leased run (AbstractService._handle_failure
---   called outside a run): it is never superseded.
+--   called outside a run): it is never superseded, always counted, and stops the service at
+--   max_failures as the seed's counter did.
 
 -- A count as Redis holds it; unreadable, 'nan', 'inf' or hex (which tonumber() accepts) is 0.
 local function count(value)
@@ -34,40 +46,68 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local token, seq, outcome, err = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local max_failures, retry_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local history_len, started, worker = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local kind = ARGV[10]
 
 local expiry = redis.call('ZSCORE', KEYS[2], token)
 local lease_lost = (not expiry) or tonumber(expiry) < now
 redis.call('ZREM', KEYS[2], token)
-local counts = redis.call('HMGET', KEYS[1], 'runs', 'failures')
-local runs = count(counts[1])
-local superseded = lease_lost and seq > 0 and runs > seq
+if seq > 0 and redis.call('HDEL', KEYS[4], token) == 0 and lease_lost then
+  -- A guard recorded this run as lost when its lease lapsed, yet it was alive (its renewals
+  -- starved, or an operator removed the lease): a run ends in exactly one outcome, so its
+  -- real one replaces the `lost` entry. (The runs_lost counter stays: counters only grow.)
+  for _, row in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+    local ok, old = pcall(cjson.decode, row)
+    if ok and type(old) == 'table' and old.token == token and old.outcome == 'lost' then
+      redis.call('LREM', KEYS[3], 1, row)
+      break
+    end
+  end
+end
+local h = redis.call('HMGET', KEYS[1], 'runs', 'failures', 'failure_window_at',
+  'first_failure_at')
+local superseded = lease_lost and seq > 0 and count(h[1]) > seq
 if seq == 0 then lease_lost = false end
 local finished = string.format('%.3f', now / 1000)
 
-local failures = 0
-local stopped = 0
-local retry_at = 0
+local failures, stopped, retry_at, counted = count(h[2]), 0, 0, 0
 if not superseded then
   if outcome == 'ok' then
     redis.call('HSET', KEYS[1], 'failures', 0, 'last_finished_at', finished,
       'last_success_at', finished)
-    redis.call('HDEL', KEYS[1], 'retry_at')
+    redis.call('HDEL', KEYS[1], 'retry_at', 'failure_window_at', 'first_failure_at')
+    failures = 0
+    if kind == 'probe' then
+      redis.call('HSET', KEYS[1], 'running', 1)
+      redis.call('HDEL', KEYS[1], 'stop_reason', 'stopped_by', 'stopped_at')
+      redis.call('LPUSH', KEYS[5], cjson.encode({action = 'start', by = 'probe@' .. worker,
+        reason = 'a probe run after stop_cooldown_seconds succeeded', at = now / 1000}))
+      redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[11]) - 1)
+    end
   elseif outcome == 'interrupted' then
     redis.call('HSET', KEYS[1], 'last_finished_at', finished)
   else
-    failures = count(counts[2]) + 1
-    redis.call('HSET', KEYS[1], 'failures', failures, 'last_finished_at', finished,
-      'last_error', err, 'last_error_at', finished)
-    if failures >= max_failures then
-      stopped = 1
-      redis.call('HSET', KEYS[1], 'running', 0, 'stopped_by', 'max_failures',
-        'stopped_at', finished, 'stop_reason',
-        string.format('failed %d times in a row (max_failures=%d); last error: %s',
-          failures, max_failures, err))
-      redis.call('HDEL', KEYS[1], 'retry_at')
-    else
-      retry_at = now + retry_ms
-      redis.call('HSET', KEYS[1], 'retry_at', string.format('%.3f', retry_at / 1000))
+    redis.call('HSET', KEYS[1], 'last_finished_at', finished, 'last_error', err,
+      'last_error_at', finished)
+    local window_at = count(h[3])
+    -- A manual outcome (seq 0, _handle_failure outside any run) counts as the seed's did.
+    if seq == 0 or (kind ~= 'probe' and (window_at == 0 or started > window_at)) then
+      counted = 1
+      failures = failures + 1
+      local first = now
+      if failures > 1 and count(h[4]) > 0 then first = count(h[4]) end
+      redis.call('HSET', KEYS[1], 'failures', failures, 'failure_window_at', now,
+        'first_failure_at', first)
+      if failures >= max_failures and (seq == 0 or now - first >= max_failures * retry_ms) then
+        stopped = 1
+        redis.call('HSET', KEYS[1], 'running', 0, 'stopped_by', 'max_failures',
+          'stopped_at', finished, 'stop_reason',
+          string.format('failed %d times in a row (max_failures=%d); last error: %s',
+            failures, max_failures, err))
+        redis.call('HDEL', KEYS[1], 'retry_at')
+      else
+        retry_at = now + retry_ms
+        redis.call('HSET', KEYS[1], 'retry_at', string.format('%.3f', retry_at / 1000))
+      end
     end
   end
 end
@@ -87,10 +127,10 @@ redis.call('HINCRBY', KEYS[1], 'duration_ms_sum', duration_ms)
 
 local entry = {
   run_id = string.match(token, '^[^@]*'), token = token, seq = seq, worker = worker,
-  outcome = outcome,
+  outcome = outcome, kind = kind, counted = counted == 1,
   started_at = started / 1000, finished_at = now / 1000, duration = (now - started) / 1000,
   error = (err ~= '' and err) or cjson.null, lease_lost = lease_lost, superseded = superseded,
 }
 redis.call('LPUSH', KEYS[3], cjson.encode(entry))
 redis.call('LTRIM', KEYS[3], 0, history_len - 1)
-return {failures, stopped, superseded and 1 or 0, lease_lost and 1 or 0, retry_at}
+return {failures, stopped, superseded and 1 or 0, lease_lost and 1 or 0, retry_at, counted}

@@ -2,7 +2,8 @@
 --
 -- KEYS[1]  lease zset   <prefix>:<name>:lease
 -- ARGV[1]  token        the run's token
--- ARGV[2]  lease_ms     the new lease length, from now
+-- ARGV[2]  lease_ms     the new lease length, from now (shorter than the lease near a run's
+--                        hard time limit: a lease is never renewed past it)
 --
 -- Returns 1 when renewed, 0 when the lease is gone (expired, taken over, or removed by an
 -- operator): the run has lost it and must not act as its owner.
@@ -15,5 +16,9 @@ if not expiry or tonumber(expiry) < now then
   return 0
 end
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+-- The key's TTL only ever grows here: other runs' leases (max_concurrent_runs > 1) may last
+-- longer than this one.
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
 return 1

@@ -271,8 +271,12 @@ def test_a_run_that_lost_its_lease_does_not_overwrite_the_newer_run(
             f"a newer run on the idle worker\n{c.logs()}")
         old_id, new_id = old_token.split("@")[0], new_token.split("@")[0]
 
-        old = wait_for(lambda: [r for r in store.history("slow") if r["run_id"] == old_id], 10,
+        # The newer run's guard first records the old run as lost (its lease is gone); the old
+        # run's own finish then replaces that entry: one entry per run.
+        old = wait_for(lambda: [r for r in store.history("slow")
+                                if r["run_id"] == old_id and r["outcome"] != "lost"], 10,
                        f"the old run to finish\n{c.logs()}")[0]
+        assert [r["outcome"] for r in store.history("slow") if r["run_id"] == old_id] == ["ok"]
         after_old = store.read("slow")
         new = wait_for(lambda: [r for r in store.history("slow") if r["run_id"] == new_id], 10,
                        f"the newer run to finish\n{c.logs()}")[0]
@@ -348,12 +352,15 @@ def test_sigkill_mid_run_frees_the_service_after_the_lease_and_is_not_replayed(
         c.kill(survivor)  # its next 6 s run would only slow the shutdown down
 
     killed_run_id = killed_token.split("@", 1)[0]
-    assert [row["run_id"] for row in history] == [new_run_id], history
-    assert killed_run_id not in {row["run_id"] for row in history}
-    (row,) = history
+    # The killed run is in the history once, as lost, with the dead worker's name (found by
+    # the next run's guard when its lease had lapsed); the new run is there as ok.
+    assert [row["run_id"] for row in history] == [new_run_id, killed_run_id], history
+    row, lost = history
     assert row["outcome"] == "ok"
     assert not row["lease_lost"]
     assert row["worker"] == new_token.split("@", 1)[1]
+    assert lost["outcome"] == "lost" and lost["worker"] == killed_token.split("@", 1)[1]
+    assert "worker died" in lost["error"]
 
 
 def test_sigkill_of_a_pool_process_mid_run_is_recovered_after_the_lease(
@@ -392,7 +399,11 @@ def test_sigkill_of_a_pool_process_mid_run_is_recovered_after_the_lease(
     assert new_state.last_started_at - state.last_started_at >= lease - 0.002
     # The killed tick was acknowledged on receipt: it is neither retried nor replayed.
     assert new_state.runs == state.runs + 1
-    assert [row["run_id"] for row in history] == [new_run_id], history
+    # The killed run is in the history once, as lost, with its pool process's name.
+    killed_run_id = killed_token.split("@", 1)[0]
+    assert [row["run_id"] for row in history] == [new_run_id, killed_run_id], history
+    assert history[1]["outcome"] == "lost"
+    assert history[1]["worker"] == killed_token.split("@", 1)[1]
     assert history[0]["outcome"] == "ok" and not history[0]["lease_lost"]
 
 

@@ -393,14 +393,19 @@ def test_max_failures_stops_with_the_last_error(store: StateStore, redis_client:
     assert loop.error is None
     state = redis_client.hgetall(f"{prefix}:doomed")
     assert state["running"] == "0"
-    assert state["failures"] == "3"
+    # It stops at its max_failures-th failure once the failures span max_failures x
+    # retry_delay_seconds (an outage shorter than that never stops a service): here, with
+    # the retries retry_delay apart, at the fourth.
+    count = int(state["failures"])
+    assert count >= 3
     assert "max_failures=3" in state["stop_reason"]
-    assert "RuntimeError: boom #3" in state["stop_reason"], state["stop_reason"]
-    assert "boom #3" in state["last_error"]
+    assert f"RuntimeError: boom #{count}" in state["stop_reason"], state["stop_reason"]
+    assert f"boom #{count}" in state["last_error"]
     history = oldest_first(store, "doomed")
-    assert [e["outcome"] for e in history] == ["error"] * 3
+    assert [e["outcome"] for e in history] == ["error"] * count
     assert [e["error"].split(" in pid")[0] for e in history] == [
-        "RuntimeError: boom #1", "RuntimeError: boom #2", "RuntimeError: boom #3"]
+        f"RuntimeError: boom #{n}" for n in range(1, count + 1)]
+    assert history[-1]["finished_at"] - history[0]["finished_at"] >= 3 * 0.1 - 0.001
     assert service.cleanup_calls == 1
     assert service.running is False
     # the lifecycle still works once the loop is over
@@ -410,7 +415,7 @@ def test_max_failures_stops_with_the_last_error(store: StateStore, redis_client:
     assert service.running is False
     # the traceback was logged
     failures = [r for r in caplog.records if "update() failed" in r.getMessage()]
-    assert len(failures) == 3 and all(r.exc_info for r in failures)
+    assert len(failures) == count and all(r.exc_info for r in failures)
 
 
 def test_a_success_resets_the_failure_count(store: StateStore, redis_client: redis.Redis,
@@ -441,9 +446,9 @@ def test_retry_waits_retry_delay_not_interval(store: StateStore, loops: Loops) -
     service = Recorder(state=store, name="retrying", fail="always", max_failures=3,
                        retry_delay_seconds=retry, interval_seconds=300)
     loop = loops(service)
-    assert loop.join(20), "three attempts, retry_delay_seconds apart, end the loop"
+    assert loop.join(20), "attempts retry_delay_seconds apart end the loop"
     history = oldest_first(store, "retrying")
-    assert len(history) == 3
+    assert len(history) >= 3
     for failed, retried in itertools.pairwise(history):
         # Redis-clock times, in ms: the retry may not start before the backoff ends
         assert retried["started_at"] - failed["finished_at"] >= retry - 0.001, (failed, retried)
@@ -503,7 +508,8 @@ def test_non_finite_failures_still_stop_at_max_failures(
                        retry_delay_seconds=0.1, interval_seconds=0.1)
     loop = loops(service)
     assert loop.join(20), "max_failures still stops the loop"
-    assert redis_client.hget(f"{prefix}:nancount", "failures") == "2"
+    assert int(redis_client.hget(f"{prefix}:nancount", "failures")) >= 2
+    assert redis_client.hget(f"{prefix}:nancount", "running") == "0"
 
 
 @pytest.mark.parametrize("value", ["xyz", "nan", ""])

@@ -151,7 +151,8 @@ def test_a_bad_name_cannot_reach_other_keys(store: StateStore) -> None:
 
 def test_keys_live_under_the_prefix() -> None:
     keys = Keys("p")
-    assert keys.for_service("svc1") == ("p:svc1", "p:svc1:lease", "p:svc1:history")
+    assert keys.for_service("svc1") == ("p:svc1", "p:svc1:lease", "p:svc1:history",
+                                         "p:svc1:inflight", "p:svc1:audit", "p:_epoch")
     assert keys.audit("svc1") == "p:svc1:audit"
     assert keys.index() == "p:_services"
 
