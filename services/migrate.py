@@ -21,17 +21,24 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from services.db import create_db_engine, parse_url
-from services.errors import DatabaseConfigError
+from services.errors import DatabaseConfigError, ServiceConfigError
 from services.settings import get_settings, redact_url
 
 logger = logging.getLogger(__name__)
 
 SCRIPT_LOCATION = "services:migrations"
 VERSION_TABLE = "svc_alembic_version"
+
+
+class RevisionNotFound(ServiceConfigError):
+    """The revision asked for is none the code knows, or no path leads to it from where the
+    database is: the command was wrong, and nothing was migrated."""
 
 
 def alembic_config() -> Config:
@@ -66,11 +73,30 @@ def _connected(url: str | None) -> Iterator[Connection]:
         engine.dispose()
 
 
+def revisions() -> list[str]:
+    """Every revision the code knows, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
+def _refused(action: str, revision: str, why: object) -> RevisionNotFound:
+    return RevisionNotFound(
+        f"cannot {action} to revision {revision!r}: {why}; expected 'head', 'base', one of "
+        f"{', '.join(revisions())}, or a step such as +1 or -1 that exists from where the "
+        "database is")
+
+
 def _run(url: str | None, action: str, revision: str) -> None:
+    if not revision.strip():  # alembic fails an assertion on it
+        raise _refused(action, revision, "it is empty")
     with _connected(url) as connection:
         config = alembic_config()
         config.attributes["connection"] = connection
-        getattr(command, action)(config, revision)
+        try:
+            getattr(command, action)(config, revision)
+        except (CommandError, RevisionError) as exc:
+            # Alembic's wording names the revision; ours adds what would have been accepted.
+            raise _refused(action, revision, exc) from None
         connection.commit()
         where = connection.engine.url.render_as_string(hide_password=True)
         logger.info("%s %s: now at %s", where, action, _revision_of(connection) or "base")
@@ -112,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             upgrade(args.url, args.revision or "head")
         else:
             downgrade(args.url, args.revision or "base")
-    except DatabaseConfigError as exc:
+    except (DatabaseConfigError, RevisionNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,46 +1,49 @@
 """``svc``: see and change every service from any machine that reaches Redis.
 
 Exit codes: 0 done; 1 the world said no (Redis, the broker or the database unreachable,
-``--wait`` timed out); 2 the command was wrong (usage, an unknown or malformed service
-name, a bad setting).
+a state key of the wrong type, ``--wait`` timed out); 2 the command was wrong (usage, a bad
+option value, an unknown or malformed service name, a bad setting). How errors become one
+line is in :mod:`worker.cli_edge`.
 Settings are read once, here at the edge, and handed down; tests pass their own environment.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import redis
 import typer
-from kombu.exceptions import OperationalError
 
 from services import logs
-from services.errors import (
-    DatabaseConfigError,
-    ServiceConfigError,
-    StateUnavailableError,
-    UnknownServiceError,
-)
+from services.errors import ServiceConfigError, StateCorruptError
 from services.settings import load_settings, redact_url
 from worker import cli_render as render
-from worker.ops import InvalidNameError, Operator
+from worker.cli_edge import EXIT_FAILED, EXIT_USAGE, OneLineGroup, edge, fail
+from worker.ops import Operator, check_reason
 
 app = typer.Typer(
-    name="svc", no_args_is_help=True, add_completion=False,
-    # Expected failures get one clear line below; a traceback means a bug, so keep it plain.
+    name="svc", cls=OneLineGroup, no_args_is_help=True, add_completion=False,
+    # Expected failures get one clear line (cli_edge); a traceback means a bug, so keep it plain.
     pretty_exceptions_enable=False)
 
-F = TypeVar("F", bound=Callable[..., Any])
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+# More rows than Redis keeps (SVC_HISTORY_LENGTH, SVC_AUDIT_LENGTH) is a typo; a number past
+# Redis's range would otherwise come back as Redis refusing the command.
+MAX_ROWS = 100_000
+
+
+def finite_seconds(value: float | None) -> float | None:
+    """--timeout: nan would never compare as passed, so --wait would wait forever."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"expected a number of seconds >= 0, got {value}")
+    return value
+
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 NamesArg = Annotated[list[str] | None, typer.Argument(help="Service names.", show_default=False)]
@@ -49,40 +52,9 @@ ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why: kept in the
 WaitOpt = Annotated[bool, typer.Option(
     "--wait", help="Return only once no run of these services is in progress.")]
 TimeoutOpt = Annotated[float | None, typer.Option(
-    "--timeout", help="Seconds --wait waits (default SVC_WAIT_TIMEOUT_SECONDS).")]
-
-
-def fail(message: str, code: int) -> typer.Exit:
-    render.console(stderr=True).print(f"svc: {message}", markup=False, highlight=False)
-    return typer.Exit(code)
-
-
-def edge(command: F) -> F:
-    """Turn the errors an operator can cause or meet into one line and an exit code."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = kwargs.get("ctx") or next((a for a in args if isinstance(a, typer.Context)), None)
-        settings = ctx.obj.settings if ctx is not None and ctx.obj is not None else None
-        try:
-            return command(*args, **kwargs)
-        except (UnknownServiceError, InvalidNameError) as exc:
-            raise fail(str(exc), EXIT_USAGE) from None
-        except ServiceConfigError as exc:
-            raise fail(str(exc), EXIT_USAGE) from None
-        except (StateUnavailableError, DatabaseConfigError) as exc:
-            raise fail(str(exc), EXIT_FAILED) from None
-        except redis.RedisError as exc:
-            url = redact_url(settings.redis_url) if settings else "?"
-            raise fail(f"Redis at {url} failed: {type(exc).__name__}: {exc}",
-                       EXIT_FAILED) from None
-        except OperationalError as exc:  # kombu: the broker (svc trigger)
-            url = redact_url(settings.effective_broker_url) if settings else "?"
-            raise fail(f"cannot reach the broker at {url}: {exc}", EXIT_FAILED) from None
-        except OSError as exc:  # e.g. svc metrics' port already taken
-            raise fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED) from None
-
-    return wrapper  # type: ignore[return-value]
+    "--timeout", help="Seconds --wait waits (default SVC_WAIT_TIMEOUT_SECONDS).",
+    callback=finite_seconds)]
+RowsOpt = Annotated[int, typer.Option("-n", min=1, max=MAX_ROWS, help="How many rows.")]
 
 
 @app.callback()
@@ -90,8 +62,9 @@ def setup(ctx: typer.Context) -> None:
     """Operate periodic services: status, pause/resume/stop/start, trigger, history, metrics.
 
     Settings (REDIS_URL, SVC_KEY_PREFIX, SVC_PACKAGES, ...) come from the environment or .env.
-    Exit codes: 0 done; 1 Redis, the broker or the database unreachable, or --wait timed out;
-    2 bad usage, or an unknown or malformed service name.
+    Exit codes: 0 done; 1 Redis, the broker or the database unreachable or refusing (a state
+    key of the wrong type), or --wait timed out; 2 bad usage or option value, or an unknown or
+    malformed service name.
     """
     if ctx.obj is None:
         try:
@@ -126,7 +99,8 @@ def list_services(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 def status(
     ctx: typer.Context,
     name: Annotated[str | None, typer.Argument(help="One service; all when left out.")] = None,
-    rows: Annotated[int, typer.Option("-n", help="Recent runs and changes shown.")] = 5,
+    rows: Annotated[int, typer.Option(
+        "-n", min=1, max=MAX_ROWS, help="Recent runs and changes shown.")] = 5,
     as_json: JsonOpt = False,
 ) -> None:
     """Full status of every service, or one service with its recent runs and changes.
@@ -139,24 +113,26 @@ def status(
         return
     (name,) = op.resolve([name])
     _, (found,) = op.statuses([name])
-    audit = op.store.audit(name, rows)
-    history = op.store.history(name, rows)
+    audit = op.audit(name, rows)
+    history = op.history(name, rows)
     if as_json:
         render.emit_json({"service": found.as_json(), "audit": audit, "history": history,
-                          "registry_errors": op.registry.errors})
+                          "registry_errors": op.registry.errors,
+                          "index_errors": op.index_errors})
     else:
-        render.print_detail(found, audit, history, op.registry.errors)
+        render.print_detail(found, audit, history, op.registry.errors, op.index_errors)
 
 
 def show_services(op: Operator, as_json: bool, detailed: bool) -> None:
     now, found = op.statuses(op.known())
     if as_json:
         render.emit_json({"now": now, "services": [s.as_json() for s in found],
-                          "registry_errors": op.registry.errors})
+                          "registry_errors": op.registry.errors,
+                          "index_errors": op.index_errors})
     elif detailed:
-        render.print_details(found, op.registry.errors)
+        render.print_details(found, op.registry.errors, op.index_errors)
     else:
-        render.print_services(found, op.registry.errors)
+        render.print_services(found, op.registry.errors, op.index_errors)
 
 
 @app.command()
@@ -164,19 +140,19 @@ def show_services(op: Operator, as_json: bool, detailed: bool) -> None:
 def history(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The service.")],
-    rows: Annotated[int, typer.Option("-n", min=1, help="How many recent runs.")] = 20,
+    rows: RowsOpt = 20,
     as_json: JsonOpt = False,
 ) -> None:
     """Recent runs, newest first: start, duration, outcome, worker, error."""
     op = operator(ctx)
     (name,) = op.resolve([name])
-    runs = op.store.history(name, rows)
+    runs = op.history(name, rows)
     if as_json:
         render.emit_json(runs)
     elif runs:
         render.console().print(render.history_table(runs, op.store.now()))
     else:
-        render.console().print(f"{name}: no runs recorded yet")
+        render.console().print(f"{name}: no runs recorded yet", markup=False)
 
 
 @app.command()
@@ -184,19 +160,19 @@ def history(
 def audit(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The service.")],
-    rows: Annotated[int, typer.Option("-n", min=1, help="How many recent changes.")] = 20,
+    rows: RowsOpt = 20,
     as_json: JsonOpt = False,
 ) -> None:
     """Recent operator changes, newest first: what, who, when, why."""
     op = operator(ctx)
     (name,) = op.resolve([name])
-    changes = op.store.audit(name, rows)
+    changes = op.audit(name, rows)
     if as_json:
         render.emit_json(changes)
     elif changes:
         render.console().print(render.audit_table(changes, op.store.now()))
     else:
-        render.console().print(f"{name}: no changes recorded")
+        render.console().print(f"{name}: no changes recorded", markup=False)
 
 
 # -- changing ------------------------------------------------------------------------------
@@ -217,6 +193,7 @@ def control(ctx: typer.Context, action: str, *, names: list[str] | None, every: 
     op = operator(ctx)
     if bool(names) == every:
         raise fail(f"{action}: name one or more services, or give --all", EXIT_USAGE)
+    check_reason(reason)  # before anything reads or changes Redis
     targets = op.resolve(names or [], every=every)
     changes = op.control(targets, action, reason)
     report: dict[str, Any] = {"changes": changes}
@@ -224,7 +201,12 @@ def control(ctx: typer.Context, action: str, *, names: list[str] | None, every: 
     if wait:
         limit = timeout if timeout is not None else op.settings.wait_timeout_seconds
         started = time.monotonic()
-        busy = op.wait_idle(targets, limit)
+        try:
+            busy = op.wait_idle(targets, limit)
+        except StateCorruptError as exc:
+            # The change stands (it was the point, and it is audited); only the wait failed.
+            raise fail(f"{action} done, but --wait cannot tell whether a run is in progress: "
+                       f"{exc}", EXIT_FAILED) from None
         report["wait"] = {"idle": not busy, "seconds": round(time.monotonic() - started, 3),
                           "in_progress": {name: [lease.token for lease in leases]
                                           for name, leases in busy.items()}}
@@ -298,7 +280,8 @@ def trigger(ctx: typer.Context, names: Annotated[list[str], typer.Argument(
 @edge
 def metrics(
     ctx: typer.Context,
-    port: Annotated[int | None, typer.Option(help="Port (default SVC_METRICS_PORT).")] = None,
+    port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="Port (default SVC_METRICS_PORT; 0: any free port).")] = None,
     address: Annotated[str | None, typer.Option(
         help="Address (default SVC_METRICS_ADDRESS).")] = None,
     once: Annotated[bool, typer.Option(
@@ -343,12 +326,16 @@ def migrate(ctx: typer.Context, revision: Annotated[str, typer.Option(
 
 
 @app.command()
-def up() -> None:
+@edge
+def up(ctx: typer.Context) -> None:
     """Start the whole stack here (Redis if needed, worker, Beat, Flower), like make run.
 
     Ctrl-C stops everything."""
+    from services.state import connect_redis
     from worker.stack import main as stack_main
 
+    # A REDIS_URL nobody can parse is refused here, in one line, before anything starts.
+    connect_redis(operator(ctx).settings.redis_url).close()
     code = stack_main()
     raise typer.Exit(code if isinstance(code, int) else 0)
 

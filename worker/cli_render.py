@@ -1,9 +1,20 @@
-"""How ``svc`` prints: rich tables for people, JSON for scripts. Nothing here reads Redis."""
+"""How ``svc`` prints: rich tables for people, JSON for scripts. Nothing here reads Redis.
+
+Every value shown comes from Redis, which anyone can write: a stop reason, an error, a worker
+name, an audit entry. So each goes into a table as a :class:`rich.text.Text` (never parsed as
+markup: ``[bold red]`` is shown as typed) made :func:`visible` (a control character such as
+ESC, which would steer the terminal, is shown as its escape, ``\\x1b``). A time or a number
+may be absurd too; it is shown as it is, never raised on. JSON output stays exact: json.dumps
+escapes control characters itself.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +28,21 @@ CONDITION_STYLE = {"running": "green", "paused": "yellow", "stopped": "red",
                    "backoff": "magenta", "corrupt": "bold red"}
 # Outside a terminal (pipes, CI logs, tests) rich would wrap at 80 columns and split values.
 PLAIN_WIDTH = 220
+# C0 and C1 control characters (ESC starts terminal sequences, CR overwrites a line, BEL
+# rings, 0x9b is a one-byte CSI) and the bidi overrides that make text read other than it is.
+UNSAFE_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(value: object) -> str:
+    """``value`` as text with every control character replaced by its escape (``\\x1b``,
+    ``\\r``, ``\\u202e``), so that it is read, not obeyed, by the terminal."""
+    return UNSAFE_CHARACTERS.sub(
+        lambda found: found.group().encode("unicode_escape").decode("ascii"), str(value))
+
+
+def cell(value: object, style: str = "") -> Text:
+    """A table cell holding ``value`` literally: no markup, no emoji codes, no control codes."""
+    return Text(visible(value), style=style)
 
 
 def console(stderr: bool = False) -> Console:
@@ -33,11 +59,20 @@ def emit_json(value: Any) -> None:
 # -- small formats -------------------------------------------------------------------------
 
 
-def when(ts: float | None, now: float) -> str:
-    """``14:03:22 (3s ago)``; the date too when it is not today."""
+def when(ts: object, now: float) -> str:
+    """``14:03:22 (3s ago)``; the date too when it is not today. Whatever Redis held: a time
+    no calendar reaches (``1e12``) is shown as its number, and a value that is no time at all
+    as it is, rather than failing the whole listing."""
     if ts is None:
         return "-"
-    moment = datetime.fromtimestamp(ts).astimezone()
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return f"{visible(repr(ts))} (not a time)"
+    if not math.isfinite(ts):
+        return f"{ts} (not a time)"
+    try:
+        moment = datetime.fromtimestamp(ts).astimezone()
+    except (OverflowError, OSError, ValueError):  # past year 9999 or before year 1
+        return f"{ts:g} ({'far future' if ts > now else 'far past'})"
     today = datetime.fromtimestamp(now).astimezone().date()
     clock = moment.strftime("%H:%M:%S" if moment.date() == today else "%Y-%m-%d %H:%M:%S")
     delta = ts - now
@@ -45,6 +80,8 @@ def when(ts: float | None, now: float) -> str:
 
 
 def span(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return str(seconds)
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 90:
@@ -60,6 +97,13 @@ def seconds_text(value: float | None) -> str:
     return "-" if value is None else f"{value:g}s"
 
 
+def duration_text(value: object) -> str:
+    """A run's duration from its history entry (a number, unless someone wrote otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return span(value)
+
+
 def condition_text(status: ServiceStatus) -> Text:
     kind = status.condition
     label = {
@@ -69,7 +113,7 @@ def condition_text(status: ServiceStatus) -> Text:
     }.get(kind, kind)
     if kind == "running" and status.leases:
         label = "running (run in progress)"
-    return Text(label, style=CONDITION_STYLE.get(kind, ""))
+    return cell(label, CONDITION_STYLE.get(kind, ""))
 
 
 def failures_text(status: ServiceStatus) -> str:
@@ -105,8 +149,8 @@ def last_run_text(status: ServiceStatus) -> str:
     run = status.last_run
     if not run:
         return when(status.state.last_started_at, status.now)
-    duration = run.get("duration")
-    took = f", {span(duration)}" if isinstance(duration, int | float) else ""
+    duration = duration_text(run.get("duration"))
+    took = f", {duration}" if duration != "-" else ""
     return f"{when(run.get('finished_at'), status.now)} {run.get('outcome', '?')}{took}"
 
 
@@ -117,20 +161,21 @@ def service_table(statuses: list[ServiceStatus]) -> Table:
     table = Table(pad_edge=False)
     for title in ("SERVICE", "STATE", "FAILURES", "INTERVAL", "LAST RUN", "LAST SUCCESS",
                   "NEXT TICK", "LEASE"):
-        # A long stop reason is cut here; `svc status NAME` shows it whole.
+        # A long stop reason (or worker name) is cut here; `svc status NAME` shows it whole.
         table.add_column(title, no_wrap=True, overflow="ellipsis",
-                         max_width=48 if title == "STATE" else None)
+                         max_width={"STATE": 48, "LEASE": 40}.get(title))
     for status in statuses:
         table.add_row(
-            status.name, condition_text(status), failures_text(status),
-            seconds_text(status.config.interval_seconds if status.config else None),
-            last_run_text(status), when(status.state.last_success_at, status.now),
-            next_tick_text(status),
-            ", ".join(lease.worker for lease in status.leases) or "-")
+            cell(status.name), condition_text(status), cell(failures_text(status)),
+            cell(seconds_text(status.config.interval_seconds if status.config else None)),
+            cell(last_run_text(status)), cell(when(status.state.last_success_at, status.now)),
+            cell(next_tick_text(status)),
+            cell(", ".join(lease.worker for lease in status.leases) or "-"))
     return table
 
 
-def print_services(statuses: list[ServiceStatus], errors: list[str]) -> None:
+def print_services(statuses: list[ServiceStatus], errors: list[str],
+                   index_errors: Sequence[str] = ()) -> None:
     """``svc list``: one row per service, then what needs attention."""
     out = console()
     if not statuses:
@@ -140,13 +185,17 @@ def print_services(statuses: list[ServiceStatus], errors: list[str]) -> None:
     for status in statuses:
         for warning in status.warnings:
             if warning.startswith("unreadable"):
-                out.print(Text(f"warning: {status.name}: {warning}", style="yellow"))
-    print_registry_errors(out, errors)
+                out.print(cell(f"warning: {status.name}: {warning}", "yellow"))
+    print_registry_errors(out, errors, index_errors)
 
 
-def print_registry_errors(out: Console, errors: list[str]) -> None:
+def print_registry_errors(out: Console, errors: list[str],
+                          index_errors: Sequence[str] = ()) -> None:
+    """Service files that did not load here, and index entries nobody can read."""
     for error in errors:
-        out.print(Text(f"not loaded: {error}", style="red"))
+        out.print(cell(f"not loaded: {error}", "red"))
+    for error in index_errors:
+        out.print(cell(f"warning: {error}", "yellow"))
 
 
 def detail_grid(status: ServiceStatus) -> Table:
@@ -155,9 +204,7 @@ def detail_grid(status: ServiceStatus) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
-    rows: list[tuple[str, str | Text]] = [
-        ("service", Text(status.name, style="bold")),
-        ("state", condition_text(status)),
+    rows: list[tuple[str, str]] = [
         ("failures", failures_text(status)),
         ("interval", seconds_text(config.interval_seconds if config else None)),
         ("retry delay", seconds_text(config.retry_delay_seconds if config else None)),
@@ -172,14 +219,17 @@ def detail_grid(status: ServiceStatus) -> Table:
         ("lease held by", lease_text(status.leases, status.now)),
         ("last change", change_text(status)),
     ]
+    grid.add_row("service", cell(status.name, "bold"))
+    grid.add_row("state", condition_text(status))
     for label, value in rows:
-        grid.add_row(label, value)
+        grid.add_row(label, cell(value))
     for warning in status.warnings:
-        grid.add_row("warning", Text(warning, style="yellow"))
+        grid.add_row("warning", cell(warning, "yellow"))
     return grid
 
 
-def print_details(statuses: list[ServiceStatus], errors: list[str]) -> None:
+def print_details(statuses: list[ServiceStatus], errors: list[str],
+                  index_errors: Sequence[str] = ()) -> None:
     """``svc status``: every service in full, one block each."""
     out = console()
     if not statuses:
@@ -188,11 +238,11 @@ def print_details(statuses: list[ServiceStatus], errors: list[str]) -> None:
         if i:
             out.print()
         out.print(detail_grid(status))
-    print_registry_errors(out, errors)
+    print_registry_errors(out, errors, index_errors)
 
 
-def print_detail(status: ServiceStatus, audit: list[dict[str, Any]],
-                 history: list[dict[str, Any]], errors: list[str]) -> None:
+def print_detail(status: ServiceStatus, audit: list[Any], history: list[Any],
+                 errors: list[str], index_errors: Sequence[str] = ()) -> None:
     """``svc status NAME``: the service in full, its recent changes and runs."""
     out = console()
     out.print(detail_grid(status))
@@ -202,38 +252,49 @@ def print_detail(status: ServiceStatus, audit: list[dict[str, Any]],
     if history:
         out.print()
         out.print(history_table(history, status.now, title="recent runs"))
-    print_registry_errors(out, errors)
+    print_registry_errors(out, errors, index_errors)
 
 
-def history_table(rows: list[dict[str, Any]], now: float, title: str | None = None) -> Table:
+def entry(row: Any) -> dict[str, Any]:
+    """A history or audit entry as a dict: one that holds other JSON (a number, a list) is
+    shown as unreadable rather than failing the table."""
+    if isinstance(row, dict):
+        return row
+    return {"outcome": "unreadable", "action": "unreadable",
+            "error": json.dumps(row), "reason": json.dumps(row)}
+
+
+def history_table(rows: list[Any], now: float, title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left", pad_edge=False)
-    for column in ("STARTED", "DURATION", "OUTCOME", "RUN", "WORKER"):
+    for column in ("STARTED", "DURATION"):
         table.add_column(column, no_wrap=True)
+    # Bounded, so that a long value (whatever Redis holds) cannot squeeze the others away.
+    for column, width in (("OUTCOME", 28), ("RUN", 16), ("WORKER", 40)):
+        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=width)
     table.add_column("ERROR", overflow="fold", max_width=80)
-    for row in rows:
+    for row in map(entry, rows):
         outcome = str(row.get("outcome", "?"))
         if row.get("superseded"):
             outcome += " (superseded)"
         elif row.get("lease_lost"):
             outcome += " (lease lost)"
-        duration = row.get("duration")
         table.add_row(
-            when(row.get("started_at"), now),
-            span(duration) if isinstance(duration, int | float) else "-",
-            Text(outcome, style="green" if row.get("outcome") == "ok" else "red"),
-            str(row.get("run_id", "-")), str(row.get("worker", "-")),
-            str(row.get("error") or "-"))
+            cell(when(row.get("started_at"), now)), cell(duration_text(row.get("duration"))),
+            cell(outcome, "green" if row.get("outcome") == "ok" else "red"),
+            cell(row.get("run_id", "-")), cell(row.get("worker", "-")),
+            cell(row.get("error") or "-"))
     return table
 
 
-def audit_table(rows: list[dict[str, Any]], now: float, title: str | None = None) -> Table:
+def audit_table(rows: list[Any], now: float, title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left", pad_edge=False)
-    for column in ("WHEN", "ACTION", "BY"):
-        table.add_column(column, no_wrap=True)
+    table.add_column("WHEN", no_wrap=True)
+    for column, width in (("ACTION", 16), ("BY", 40)):
+        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=width)
     table.add_column("REASON", overflow="fold", max_width=80)
-    for row in rows:
-        table.add_row(when(row.get("at"), now), str(row.get("action", "?")),
-                      str(row.get("by", "?")), str(row.get("reason") or "-"))
+    for row in map(entry, rows):
+        table.add_row(cell(when(row.get("at"), now)), cell(row.get("action", "?")),
+                      cell(row.get("by", "?")), cell(row.get("reason") or "-"))
     return table
 
 
@@ -243,6 +304,6 @@ def print_changes(changes: list[dict[str, Any]], now: float) -> None:
         table.add_column(column, no_wrap=True)
     table.add_column("REASON", overflow="fold", max_width=80)
     for change in changes:
-        table.add_row(change["service"], change["action"], change["by"],
-                      when(change.get("at"), now), change.get("reason") or "-")
+        table.add_row(cell(change["service"]), cell(change["action"]), cell(change["by"]),
+                      cell(when(change.get("at"), now)), cell(change.get("reason") or "-"))
     console().print(table)

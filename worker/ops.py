@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
 import socket
 import time
@@ -22,13 +23,42 @@ from services.keys import NAME_PATTERN
 from services.registry import Registry, suggest
 from services.settings import Settings
 from services.state import ServiceState, StateStore
+from worker.ops_keys import (
+    Index,
+    IndexEntryError,
+    WrongTypeError,
+    config_from_entry,
+    naming,
+    read_index,
+    service_keys,
+    wrong_types,
+)
 
 ACTIONS = ("pause", "resume", "stop", "start", "reset")
 WAIT_POLL_SECONDS = 0.2
+# A reason is read in a table cell and kept in every audit entry (SVC_AUDIT_LENGTH of them per
+# service): a paragraph is plenty, and a pasted log file is a mistake.
+MAX_REASON_LENGTH = 500
 
 
-class InvalidNameError(ValueError):
+class InvalidArgumentError(ValueError):
+    """An argument the command cannot take: the command was wrong, nothing was changed."""
+
+
+class InvalidNameError(InvalidArgumentError):
     """A name that no service could have (the key pattern forbids it)."""
+
+
+def check_reason(reason: str) -> str:
+    """``reason`` if it can be recorded as it is; raises :class:`InvalidArgumentError`."""
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidArgumentError(
+            f"--reason is {len(reason)} characters long; expected at most {MAX_REASON_LENGTH}")
+    try:
+        reason.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the terminal's locale could not decode
+        raise InvalidArgumentError("--reason is not valid UTF-8 text") from None
+    return reason
 
 
 def actor() -> str:
@@ -146,14 +176,31 @@ class Operator:
                                  only=self.settings.service_allowlist)
 
     @cached_property
-    def registered(self) -> dict[str, dict[str, Any]]:
+    def index(self) -> Index:
         """What workers wrote at start: the cluster's view, which may hold services this
         machine's code does not have."""
-        return self.store.registered()
+        return read_index(self.store)
+
+    @property
+    def registered(self) -> dict[str, dict[str, Any] | None]:
+        """name -> settings a worker registered (None when that entry is unreadable)."""
+        return self.index.entries
+
+    @property
+    def index_errors(self) -> list[str]:
+        """Entries of the index that cannot be used, and why (shown as warnings). Settings
+        found in this machine's registry win, so their entries do not matter here."""
+        problems = list(self.index.errors)
+        for name, entry in self.registered.items():
+            problem = None if name in self.registry.specs else config_from_entry(name, entry)[1]
+            if problem:
+                problems.append(f"{self.store.keys.index()} entry {problem}; its settings are "
+                                "ignored")
+        return problems
 
     def refresh(self) -> None:
         """Forget what workers registered, for a long-running reader (svc metrics)."""
-        self.__dict__.pop("registered", None)
+        self.__dict__.pop("index", None)
 
     def close(self) -> None:
         if "store" in self.__dict__ and not self._closed:
@@ -168,13 +215,8 @@ class Operator:
     def config(self, name: str) -> ServiceConfig | None:
         if name in self.registry.specs:
             return self.registry.specs[name].config
-        raw = self.registered.get(name)
-        if raw is None:
-            return None
-        try:
-            return ServiceConfig(**raw)
-        except TypeError:  # written by a newer or older worker: show the service anyway
-            return None
+        # Written by a newer or older worker, or by hand: show the service anyway.
+        return config_from_entry(name, self.registered.get(name))[0]
 
     def resolve(self, names: list[str], every: bool = False) -> list[str]:
         """The services named (or all with ``every``); unknown or malformed names raise with
@@ -201,8 +243,11 @@ class Operator:
     def statuses(self, names: list[str]) -> tuple[float, list[ServiceStatus]]:
         """Every named service's status from one pipeline: one round trip whatever the count."""
         keys = self.store.keys
+        read = {key: kind for name in names
+                for key, kind in service_keys(keys, name, "state", "lease", "history").items()}
         # The store's own guard, so a failure reads like every other: URL, password hidden.
-        with self.store._reaching(), self.store.client.pipeline(transaction=False) as pipe:
+        with naming(self.store, read), self.store._reaching(), \
+                self.store.client.pipeline(transaction=False) as pipe:
             pipe.time()
             for name in names:
                 pipe.hgetall(keys.state(name))
@@ -232,23 +277,48 @@ class Operator:
             last_run=last_run, in_registry=name in self.registry.specs,
             seen_by_worker=name in self.registered, raw=raw)
 
+    def history(self, name: str, rows: int) -> list[Any]:
+        """The last ``rows`` runs as stored (JSON values, normally objects), newest first."""
+        with naming(self.store, service_keys(self.store.keys, name, "history")):
+            return self.store.history(name, rows)
+
+    def audit(self, name: str, rows: int) -> list[Any]:
+        """The last ``rows`` changes as stored (JSON values, normally objects), newest first."""
+        with naming(self.store, service_keys(self.store.keys, name, "audit")):
+            return self.store.audit(name, rows)
+
     # -- actions ----------------------------------------------------------------------------
 
     def control(self, names: list[str], action: str, reason: str) -> list[dict[str, Any]]:
-        """Apply ``action`` to each service; each change lands in its audit list."""
+        """Apply ``action`` to each service; each change lands in its audit list. When a
+        key of any of them has the wrong type, none is changed (the script checks again, for
+        a key replaced in between)."""
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
+        check_reason(reason)
+        written = {name: service_keys(self.store.keys, name, "state", "audit") for name in names}
+        problems = wrong_types(self.store, {k: v for keys in written.values()
+                                            for k, v in keys.items()})
+        if problems:
+            raise WrongTypeError("; ".join(problems) + "; nothing was changed")
         who = actor()
-        return [{"service": name, **self.store.control(name, action, who=who, reason=reason)}
-                for name in names]
+        changes = []
+        for name in names:
+            with naming(self.store, written[name], changing=True):
+                entry = self.store.control(name, action, who=who, reason=reason)
+            changes.append({"service": name, **entry})
+        return changes
 
     def wait_idle(self, names: list[str], timeout: float) -> dict[str, list[Lease]]:
         """Wait until no run of ``names`` is in progress; returns what is still running when
         ``timeout`` passes (empty when everything went idle)."""
         deadline = time.monotonic() + timeout
+        leases = {key: kind for name in names
+                  for key, kind in service_keys(self.store.keys, name, "lease").items()}
         while True:
-            busy = {name: [Lease(t, e) for t, e in self.store.lease_holders(name)]
-                    for name in names}
+            with naming(self.store, leases):
+                busy = {name: [Lease(t, e) for t, e in self.store.lease_holders(name)]
+                        for name in names}
             busy = {name: leases for name, leases in busy.items() if leases}
             if not busy or time.monotonic() >= deadline:
                 return busy
@@ -265,7 +335,9 @@ class Operator:
         for name in names:
             config = self.config(name)
             if config is None:  # known only from a worker entry nobody can read
-                raise UnknownServiceError(name, self.known(), [])
+                raise IndexEntryError(
+                    f"cannot trigger {name!r}: its settings in {self.store.keys.index()} "
+                    "cannot be read here (no code for it here either); nothing was sent")
             configs[name] = config
         app = make_sender(self.settings)
         try:
@@ -286,6 +358,7 @@ def _json_or_none(text: str) -> dict[str, Any] | None:
 
 def _float_or_none(text: str | None) -> float | None:
     try:
-        return float(text) if text not in (None, "") else None
+        value = float(text) if text not in (None, "") else None
     except ValueError:
         return None
+    return value if value is not None and math.isfinite(value) else None

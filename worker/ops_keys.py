@@ -1,0 +1,132 @@
+"""What ``svc`` does with Redis data that is not what the key layout promises: a key of the
+wrong type is named with what it should be, and the index of registered services is read
+entry by entry, so that one entry nobody can read hides nothing else.
+
+Anyone can write anything into Redis (``redis-cli SET``, another program sharing the
+database, a botched restore), so nothing here trusts a value's type or shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from services.config import ServiceConfig
+from services.errors import StateCorruptError
+from services.keys import NAME_PATTERN, Keys
+from services.state import StateStore
+
+# What each of a service's keys must be, and what it holds, for the message that names it.
+LAYOUT: dict[str, tuple[str, str]] = {
+    "state": ("hash", "the service's state"),
+    "lease": ("zset", "run token -> lease expiry"),
+    "history": ("list", "the service's recent runs"),
+    "audit": ("list", "the service's recorded changes"),
+    "index": ("hash", "service name -> settings, written by workers"),
+}
+
+
+class WrongTypeError(StateCorruptError):
+    """A state key holds another Redis type than the layout's; the message names the key."""
+
+
+class IndexEntryError(StateCorruptError):
+    """A service's entry in the index cannot be read, and the command needs its settings."""
+
+
+def service_keys(keys: Keys, name: str, *kinds: str) -> dict[str, str]:
+    """``key -> kind`` for the given kinds of one service's keys."""
+    return {getattr(keys, kind)(name): kind for kind in kinds}
+
+
+def wrong_types(store: StateStore, expected: dict[str, str]) -> list[str]:
+    """One line for each key of ``expected`` (key -> kind) whose type is wrong; a missing key
+    is fine (it means the defaults)."""
+    with store._reaching(), store.client.pipeline(transaction=False) as pipe:
+        for key in expected:
+            pipe.type(key)
+        found = pipe.execute()
+    problems = []
+    for (key, kind), actual in zip(expected.items(), found, strict=True):
+        want, role = LAYOUT[kind]
+        if actual not in (want, "none"):
+            problems.append(f"Redis key {key!r} is a {actual}, expected a {want} ({role})")
+    return problems
+
+
+@contextmanager
+def naming(store: StateStore, expected: dict[str, str], changing: bool = False) -> Iterator[None]:
+    """Turn Redis's bare WRONGTYPE, which names no key, into an error that names the key(s)
+    of ``expected`` (key -> kind) that are wrong and what they should be. One more round trip,
+    only when something is already wrong."""
+    try:
+        yield
+    except WrongTypeError:
+        raise
+    except StateCorruptError as exc:
+        problems = wrong_types(store, expected)
+        if not problems:  # not a type (bytes that are not UTF-8, say): its own message stands
+            raise
+        tail = "; nothing was changed" if changing else ""
+        raise WrongTypeError("; ".join(problems) + tail) from exc
+
+
+@dataclass
+class Index:
+    """The index of services workers registered: each readable entry, and why others are not."""
+
+    entries: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    """name -> settings as written, or None when the entry is not a JSON object."""
+    errors: list[str] = field(default_factory=list)
+
+
+def read_index(store: StateStore) -> Index:
+    key = store.keys.index()
+    with naming(store, {key: "index"}), store._reaching():
+        raw = store.client.hgetall(key)
+    index = Index()
+    for name, text in sorted(raw.items()):
+        if not NAME_PATTERN.match(name):
+            # No worker writes such a name (the registry refuses it), and it could reach
+            # other keys: leave it out, but say so.
+            index.errors.append(f"{key} holds an entry for {name!r}, which is not a service "
+                                "name; ignored")
+            continue
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            index.errors.append(f"{key} entry {name!r} is not a JSON object of settings "
+                                f"(got {text[:60]!r}); a worker rewrites it when it starts")
+        index.entries[name] = value if isinstance(value, dict) else None
+    return index
+
+
+# ServiceConfig's fields by annotation (the module uses postponed annotations, so strings).
+_NUMBER_FIELDS = tuple(f.name for f in fields(ServiceConfig) if f.type in ("int", "float"))
+
+
+def config_from_entry(name: str, entry: dict[str, Any] | None) -> tuple[ServiceConfig | None,
+                                                                        str | None]:
+    """The settings an index entry holds, or None with the reason it cannot be used. An entry
+    written by a newer or older worker (other fields) is None without a reason: the service
+    is still shown, as before."""
+    if entry is None:
+        return None, None
+    try:
+        config = ServiceConfig(**entry)
+    except TypeError:
+        return None, None
+    for key in _NUMBER_FIELDS:
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not math.isfinite(value):
+            return None, f"{name!r} has {key}={value!r}, expected a number"
+    if not isinstance(config.name, str) or not isinstance(config.queue, str | None):
+        return None, f"{name!r} has a name or queue that is not text"
+    return config, None
