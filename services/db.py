@@ -4,9 +4,10 @@ The engine is made lazily in the process that uses it, so a Celery worker's chil
 build their own after the fork and never share a connection with their parent.
 
 Backends: SQLite (the one-machine default), PostgreSQL (``postgresql+psycopg://``), and
-MySQL/MariaDB where a driver is installed. Every error about the URL itself (malformed, a
-driver that is not installed, a server that does not answer) is a :class:`DatabaseConfigError`
-whose message names the URL with its password hidden.
+MySQL/MariaDB (``mysql+pymysql://``; sessions there run at READ COMMITTED, in UTC). Every
+error about the URL itself (malformed, a driver that is not installed, a server that does
+not answer) is a :class:`DatabaseConfigError` whose message names the URL with its password
+hidden.
 """
 
 from __future__ import annotations
@@ -68,18 +69,26 @@ def create_db_engine(url: str, settings: Settings | None = None) -> Engine:
         if backend in ("postgresql", "mysql", "mariadb"):
             # Without it a host that drops packets hangs a run for minutes.
             kwargs["connect_args"] = {"connect_timeout": settings.db_connect_timeout_seconds}
+        if backend in ("mysql", "mariadb"):
+            # PostgreSQL's default. Under InnoDB's REPEATABLE READ a locking read also locks
+            # the gaps it scanned, so concurrent claims deadlock: each moves its rows'
+            # index entries into a gap the other holds (the outbox dispatcher's claims did,
+            # several times in seconds with four claimers; never under READ COMMITTED).
+            kwargs["isolation_level"] = "READ COMMITTED"
     try:
         engine = create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:
         raise DatabaseConfigError(
             f"DATABASE_URL {redact_url(url)!r} needs a driver that is not installed: {exc}. "
             "Install it (PostgreSQL: pip install 'periodic-services[postgres]'; "
-            "MySQL/MariaDB: pip install pymysql and use mysql+pymysql://)"
+            "MySQL/MariaDB: pip install 'periodic-services[mysql]' and use mysql+pymysql://)"
         ) from None
     if backend == "sqlite":
         busy_ms = settings.db_sqlite_busy_timeout_ms
         event.listen(engine, "connect", lambda conn, _rec: _sqlite_pragmas(conn, busy_ms))
     else:
+        if backend in ("mysql", "mariadb"):
+            event.listen(engine, "connect", lambda conn, _rec: _mysql_utc(conn))
         _ping_when_idle(engine, settings.db_ping_after_idle_seconds)
     return engine
 
@@ -121,6 +130,14 @@ def _sqlite_pragmas(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    cursor.close()
+
+
+def _mysql_utc(dbapi_connection: Any) -> None:
+    # DATETIME keeps no time zone: the framework stores UTC, so CURRENT_TIMESTAMP (the
+    # outbox's column defaults) and NOW() must be UTC too, whatever the server's zone.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET time_zone = '+00:00'")
     cursor.close()
 
 

@@ -1,5 +1,5 @@
-"""Shared fixtures: real Redis (and PostgreSQL where reachable), a key prefix per test, and
-removal of every key a test made."""
+"""Shared fixtures: real Redis (and PostgreSQL and MariaDB where reachable), a key prefix per
+test, and removal of every key a test made."""
 
 from __future__ import annotations
 
@@ -53,4 +53,13 @@ def postgres_url() -> str:
                          "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     if not url:
         pytest.skip("no PostgreSQL reachable (make test says so at the start)")
+    return url
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> str:
+    """``TEST_MYSQL_URL`` (MariaDB or MySQL); the test skips only when none is reachable."""
+    url = os.environ.get("TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+    if not url:
+        pytest.skip("no MariaDB/MySQL reachable (make test says so at the start)")
     return url

@@ -1,21 +1,24 @@
-"""The row-locking helpers on SQLite and PostgreSQL, with real concurrent connections."""
+"""The row-locking helpers on SQLite, PostgreSQL and MariaDB/MySQL, with real concurrent
+connections."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, func, select, text
+from sqlalchemy import Column, Integer, MetaData, Table, func, select, text, update
 from sqlalchemy.orm import Session
 
 from services import db
 from services.errors import RowLockTimeout
-from services.locking import Claim, claim_rows, delete_rows, lock_row
-from services.models import PENDING, SENT, OutboxMessage
+from services.locking import LIMIT_PARAM, Claim, claim_rows, delete_rows, lock_row
+from services.models import PENDING, SENT, OutboxMessage, utcnow
 from services.outbox import enqueue
+from tests.db.conftest import fail_lock_waits_after
 
 T = OutboxMessage.__table__
 
@@ -86,23 +89,20 @@ def test_concurrent_claimers_each_take_disjoint_rows(db_url: str) -> None:
         assert dict(owners.all()) == {f"c{i}": len(taken[i]) for i in range(4) if taken[i]}
 
 
-@pytest.mark.postgres
-def test_claim_skips_a_row_an_api_transaction_holds_without_waiting(pg_db_url: str) -> None:
-    ids = fill(pg_db_url, 5)
-    api = db.new_session(pg_db_url)
+def test_claim_skips_a_row_an_api_transaction_holds_without_waiting(
+        locking_db_url: str) -> None:
+    ids = fill(locking_db_url, 5)
+    api = db.new_session(locking_db_url)
     assert lock_row(api, OutboxMessage, ids[0]).id == ids[0]
     try:
-        with db.transaction(pg_db_url) as session:
-            # Had the claim waited for the lock, this would fail it instead of hanging.
-            session.execute(text("SET LOCAL statement_timeout = '3s'"))
-            started = time.monotonic()
+        # Had the claim waited for the lock, it would fail instead of hanging.
+        with db.transaction(locking_db_url) as session, fail_lock_waits_after(session, 3):
             rows = claim(session, 10)
-            assert time.monotonic() - started < 2
         assert sorted(r.id for r in rows) == ids[1:]
     finally:
         api.rollback()
         api.close()
-    with db.transaction(pg_db_url) as session:
+    with db.transaction(locking_db_url) as session:
         assert [r.id for r in claim(session, 10)] == [ids[0]], "free again once released"
 
 
@@ -187,13 +187,55 @@ def test_lock_row_returns_an_object_a_row_or_none(db_url: str) -> None:
         assert lock_row(session, OutboxMessage, first + 1000) is None
 
 
-@pytest.mark.postgres
-def test_lock_timeout_setting_is_restored(pg_db_url: str) -> None:
-    [first] = fill(pg_db_url, 1)
-    with db.transaction(pg_db_url) as session:
-        before = session.execute(text("SHOW lock_timeout")).scalar()
+def lock_wait_setting(session: Session) -> Any:
+    if session.connection().dialect.name == "postgresql":
+        return session.execute(text("SHOW lock_timeout")).scalar()
+    return session.execute(text("SELECT @@SESSION.innodb_lock_wait_timeout")).scalar()
+
+
+def test_lock_timeout_setting_is_restored(locking_db_url: str) -> None:
+    [first] = fill(locking_db_url, 1)
+    with db.transaction(locking_db_url) as session:
+        before = lock_wait_setting(session)
         lock_row(session, OutboxMessage, first, timeout=0.5)
-        assert session.execute(text("SHOW lock_timeout")).scalar() == before
+        assert lock_wait_setting(session) == before
+
+
+def test_lock_timeout_setting_is_restored_after_a_lock_fails(locking_db_url: str) -> None:
+    """MySQL's lock wait timeout is a session setting, kept by the pooled connection: a
+    failed lock must not leave the next user of the connection with a 1 s timeout."""
+    [first] = fill(locking_db_url, 1)
+    holder = db.new_session(locking_db_url)
+    lock_row(holder, OutboxMessage, first)
+    waiter = db.new_session(locking_db_url)
+    try:
+        before = lock_wait_setting(waiter)
+        with pytest.raises(RowLockTimeout, match=r"within 0\.4s") as caught:
+            lock_row(waiter, OutboxMessage, first, timeout=0.4)
+        assert lock_wait_setting(waiter) == before
+        if locking_db_url.startswith("mysql"):
+            assert "whole seconds: waited 1s" in str(caught.value)
+    finally:
+        holder.rollback()
+        holder.close()
+        waiter.rollback()
+        waiter.close()
+
+
+def test_a_lock_that_hits_the_databases_own_timeout_says_so(locking_db_url: str) -> None:
+    [first] = fill(locking_db_url, 1)
+    holder = db.new_session(locking_db_url)
+    lock_row(holder, OutboxMessage, first)
+    waiter = db.new_session(locking_db_url)
+    try:
+        with fail_lock_waits_after(waiter, 1), pytest.raises(
+                RowLockTimeout, match="within the database's lock wait timeout"):
+            lock_row(waiter, OutboxMessage, first)
+    finally:
+        holder.rollback()
+        holder.close()
+        waiter.rollback()
+        waiter.close()
 
 
 def test_nowait_and_timeout_together_is_refused(db_url: str) -> None:
@@ -201,16 +243,15 @@ def test_nowait_and_timeout_together_is_refused(db_url: str) -> None:
         lock_row(session, OutboxMessage, 1, nowait=True, timeout=1)
 
 
-@pytest.mark.postgres
-def test_the_select_then_update_path_mysql_uses(pg_db_url: str) -> None:
+def test_the_select_then_update_path_skips_a_locked_row(locking_db_url: str) -> None:
     """MySQL/MariaDB have no UPDATE ... RETURNING: the claim selects FOR UPDATE SKIP LOCKED,
-    updates and re-reads. Run that path here, where it can run, with a locked row to skip."""
-    ids = fill(pg_db_url, 6)
+    updates and re-reads. That path, on MySQL and on PostgreSQL, with a locked row to skip."""
+    ids = fill(locking_db_url, 6)
     prepared = Claim(T, where=T.c.status == PENDING, values={"status": SENT, "claimed_by": "m"})
-    api = db.new_session(pg_db_url)
+    api = db.new_session(locking_db_url)
     lock_row(api, T, ids[1])
     try:
-        with db.transaction(pg_db_url) as session:
+        with db.transaction(locking_db_url) as session, fail_lock_waits_after(session, 3):
             rows = prepared._claim_in_steps(session, 3, {})
         assert [r.id for r in rows] == [ids[0], ids[2], ids[3]]
         assert {(r.status, r.claimed_by) for r in rows} == {(SENT, "m")}
@@ -228,19 +269,17 @@ def test_delete_rows_is_bounded(db_url: str) -> None:
     assert left == ids[8:], "the oldest matching rows go first"
 
 
-@pytest.mark.postgres
-def test_delete_rows_skips_locked_rows(pg_db_url: str) -> None:
-    ids = fill(pg_db_url, 4)
-    api = db.new_session(pg_db_url)
+def test_delete_rows_skips_locked_rows(locking_db_url: str) -> None:
+    ids = fill(locking_db_url, 4)
+    api = db.new_session(locking_db_url)
     lock_row(api, T, ids[0])
     try:
-        with db.transaction(pg_db_url) as session:
-            session.execute(text("SET LOCAL statement_timeout = '3s'"))
+        with db.transaction(locking_db_url) as session, fail_lock_waits_after(session, 3):
             assert delete_rows(session, T, where=T.c.id > 0, limit=10) == 3
     finally:
         api.rollback()
         api.close()
-    with db.transaction(pg_db_url) as session:
+    with db.transaction(locking_db_url) as session:
         assert session.scalars(select(T.c.id)).all() == [ids[0]]
 
 
@@ -253,6 +292,21 @@ def test_targets_without_one_primary_key_column_are_refused() -> None:
         Claim(pairs, where=pairs.c.a > 0, values={})
 
 
+def claim_or_cleanup(which: str) -> tuple[Any, str]:
+    """The dispatcher's claim or the cleanup's pick, and the index it must read."""
+    from services.outbox import OutboxDispatch, OutboxOptions
+    from services.SVC_ExpiredRowsCleanup import ExpiredRowsCleanup
+
+    if which == "claim":
+        return OutboxDispatch(OutboxOptions()).claim, "ix_svc_outbox_pending"
+    cleanup = ExpiredRowsCleanup.__new__(ExpiredRowsCleanup)  # targets() needs no setup
+    cleanup.retention_seconds = 60
+    target = cleanup.targets()[0]
+    statement = (select(T.c.id).where(target.expired).order_by(*target.order_by).limit(10)
+                 .with_for_update(skip_locked=True))
+    return statement, "ix_svc_outbox_sent"
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("which", ["claim", "cleanup"])
 def test_prepared_statements_use_the_partial_indexes(pg_db_url: str, which: str) -> None:
@@ -263,18 +317,9 @@ def test_prepared_statements_use_the_partial_indexes(pg_db_url: str, which: str)
 
     from sqlalchemy.dialects import postgresql
 
-    from services.outbox import OutboxDispatch, OutboxOptions
-    from services.SVC_ExpiredRowsCleanup import ExpiredRowsCleanup
-
+    statement, index = claim_or_cleanup(which)
     if which == "claim":
-        statement = OutboxDispatch(OutboxOptions()).claim._statement
-        index = "ix_svc_outbox_pending"
-    else:
-        cleanup = ExpiredRowsCleanup.__new__(ExpiredRowsCleanup)  # targets() needs no setup
-        cleanup.retention_seconds = 60
-        target = cleanup.targets()[0]
-        statement = select(T.c.id).where(target.expired).order_by(*target.order_by).limit(10)
-        index = "ix_svc_outbox_sent"
+        statement = statement._statement
     sql = str(statement.compile(dialect=postgresql.dialect()))
     names: list[str] = []
     for name in re.findall(r"%\((\w+)\)s", sql):
@@ -288,3 +333,60 @@ def test_prepared_statements_use_the_partial_indexes(pg_db_url: str, which: str)
         plan = "\n".join(session.scalars(text(f"EXPLAIN EXECUTE probe({unknown})")))
         session.execute(text("DEALLOCATE probe"))
     assert index in plan, plan
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("which", ["claim", "cleanup"])
+def test_mysql_claims_and_cleanup_read_only_the_rows_they_want(my_db_url: str,
+                                                               which: str) -> None:
+    """MySQL has no partial indexes. With 990 sent rows and 10 pending, a claim of 5 must
+    read about 5 index entries, not walk the sent ones (it read 1001 with the index 0001
+    built there), and the cleanup's batch of 10 about 10. InnoDB's handler counters count
+    the entries a statement read."""
+    ids = fill(my_db_url, 1000)
+    past = utcnow() - timedelta(days=1)
+    with db.transaction(my_db_url) as session:
+        session.execute(update(T).where(T.c.id <= ids[989]).values(
+            status=SENT, sent_at=past - timedelta(days=30), available_at=past))
+    statement, _ = claim_or_cleanup(which)
+    with db.transaction(my_db_url) as session:
+        before = rows_read(session)
+        if which == "claim":
+            rows = session.execute(statement._pick, {LIMIT_PARAM: 5, "now": utcnow()}).all()
+        else:
+            rows = session.execute(statement, {"cutoff": past}).all()
+        read = rows_read(session) - before
+    assert len(rows) == (5 if which == "claim" else 10)
+    assert read <= 2 * len(rows) + 2, f"{which} read {read} index entries for {len(rows)} rows"
+
+
+def rows_read(session: Session) -> int:
+    status = session.execute(text("SHOW SESSION STATUS LIKE 'Handler_read%'"))
+    return sum(int(value) for _, value in status)
+
+
+@pytest.mark.mysql
+def test_mysql_sessions_run_at_read_committed_and_in_utc(my_db_url: str) -> None:
+    """READ COMMITTED, or concurrent claims deadlock on gap locks (test_outbox shows it).
+    UTC, because DATETIME keeps no zone: a row written with the column defaults (an
+    application's own INSERT) must be due now, not hours away, on a server in another zone."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from services.outbox import OutboxDispatch, OutboxOptions
+
+    elsewhere = make_url(my_db_url).update_query_dict(
+        {"init_command": "SET time_zone = '+05:00'"}).render_as_string(hide_password=False)
+    plain = create_engine(elsewhere)
+    with plain.connect() as conn:
+        assert conn.execute(text("SELECT @@SESSION.time_zone")).scalar() == "+05:00"
+    plain.dispose()
+    with db.transaction(elsewhere) as session:
+        assert session.connection().get_isolation_level() == "READ COMMITTED"
+        assert session.execute(text("SELECT @@SESSION.time_zone")).scalar() == "+00:00"
+        session.execute(text("INSERT INTO svc_outbox (message_id, topic, payload) "
+                             "VALUES ('by-sql', 'orders', '{}')"))
+    session = db.new_session(elsewhere)
+    rows = OutboxDispatch(OutboxOptions()).claim_batch(session, "now")
+    session.close()
+    assert [row.message_id for row in rows] == ["by-sql"], "due at once, not in 5 hours"

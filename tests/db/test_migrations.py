@@ -1,10 +1,12 @@
 """The framework's Alembic migrations: a fresh database goes up to head and back down to
-nothing, on SQLite and PostgreSQL, and the models match what the migrations build."""
+nothing, on SQLite, PostgreSQL and MariaDB/MySQL, and the models match what the migrations
+build."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -40,14 +42,36 @@ def partial_index_predicates(url: str) -> dict[str, str]:
         engine.dispose()
 
 
+def index_columns(url: str) -> dict[str, list[str]]:
+    engine = create_engine(url)
+    try:
+        return {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("svc_outbox")}
+    finally:
+        engine.dispose()
+
+
+def assert_claim_indexes(url: str) -> None:
+    """Claims read pending rows and the cleanup sent ones: each through an index that holds
+    (or, on MySQL, starts with) only those rows."""
+    if url.startswith("mysql"):
+        # No partial indexes: the pending index leads with the status instead, so claims
+        # skip the sent rows all the same. The sent index needs nothing: only sent rows
+        # have a sent_at.
+        columns = index_columns(url)
+        assert columns["ix_svc_outbox_pending"] == ["status", "available_at", "id"], columns
+        assert columns["ix_svc_outbox_sent"] == ["sent_at"], columns
+        return
+    predicates = partial_index_predicates(url)
+    assert "pending" in predicates["ix_svc_outbox_pending"], predicates
+    assert "sent" in predicates["ix_svc_outbox_sent"], predicates
+
+
 def test_upgrade_a_fresh_database_then_downgrade_cleanly(bare_url: str) -> None:
     assert migrate.current(bare_url) is None
     migrate.upgrade(bare_url)
     assert migrate.current(bare_url) == migrate.head()
     assert {"svc_outbox", "svc_alembic_version"} <= tables(bare_url)
-    predicates = partial_index_predicates(bare_url)
-    assert "pending" in predicates["ix_svc_outbox_pending"], predicates
-    assert "sent" in predicates["ix_svc_outbox_sent"], predicates
+    assert_claim_indexes(bare_url)
 
     migrate.upgrade(bare_url)  # already at head: nothing to do, nothing fails
     migrate.downgrade(bare_url)
@@ -69,7 +93,24 @@ def test_the_models_match_the_migrations(db_url: str) -> None:
             diffs = compare_metadata(context, Base.metadata)
     finally:
         engine.dispose()
+    if db_url.startswith("mysql"):
+        diffs = without_mysql_pending_index(diffs)
     assert diffs == [], diffs
+
+
+def without_mysql_pending_index(diffs: list[Any]) -> list[Any]:
+    """The one difference MySQL/MariaDB must show: the model's pending index is partial,
+    which MySQL cannot build, so the migration leads it with the status instead (see
+    0002_mysql_outbox). The model cannot state columns per database; every other difference
+    is still reported."""
+    expected = {("remove_index", ("status", "available_at", "id")),
+                ("add_index", ("available_at", "id"))}
+    found = {(diff[0], tuple(c.name for c in diff[1].columns)) for diff in diffs
+             if diff[0] in ("remove_index", "add_index")
+             and diff[1].name == "ix_svc_outbox_pending"}
+    assert found == expected, diffs
+    return [diff for diff in diffs if not (diff[0] in ("remove_index", "add_index")
+                                           and diff[1].name == "ix_svc_outbox_pending")]
 
 
 def test_migrations_leave_an_applications_own_tables_alone(bare_url: str) -> None:

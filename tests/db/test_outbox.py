@@ -1,5 +1,6 @@
-"""The two example services run in this process, on SQLite and PostgreSQL, real Redis, and a
-real HTTP endpoint: delivery exactly once, take-over of lapsed claims, backoff, cleanup."""
+"""The two example services run in this process, on SQLite, PostgreSQL and MariaDB/MySQL,
+real Redis, and a real HTTP endpoint: delivery exactly once, take-over of lapsed claims,
+backoff, cleanup."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from services.runner import RunReport, run_once
 from services.state import StateStore
 from services.SVC_ExpiredRowsCleanup import ExpiredRowsCleanup
 from services.SVC_OutboxDispatcher import OutboxDispatcher
+from tests.db.conftest import fail_lock_waits_after
 from tests.waiting import wait_for
 
 T = OutboxMessage.__table__
@@ -224,21 +226,71 @@ def test_cleanup_deletes_only_expired_rows_in_bounded_batches(
     service.cleanup()
 
 
-@pytest.mark.postgres
-def test_cleanup_skips_a_row_another_transaction_holds(pg_db_url: str,
+def test_cleanup_skips_a_row_another_transaction_holds(locking_db_url: str,
                                                        store: StateStore) -> None:
-    fill(pg_db_url, 5)
-    with db.transaction(pg_db_url) as session:
+    fill(locking_db_url, 5)
+    with db.transaction(locking_db_url) as session:
         session.execute(update(T).values(status=SENT, sent_at=utcnow() - timedelta(days=30)))
         first = session.scalars(select(T.c.id).order_by(T.c.id)).first()
-    api = db.new_session(pg_db_url)
+    api = db.new_session(locking_db_url)
     lock_row(api, OutboxMessage, first)
     try:
-        service = ExpiredRowsCleanup(state=store, db=db.new_session(pg_db_url))
+        service = ExpiredRowsCleanup(state=store, db=db.new_session(locking_db_url))
         service.retention_seconds = 86400
-        assert not run(service, store).failed, "skipped, not waited for"
-        assert statuses(pg_db_url) == {SENT: 1}
+        with fail_lock_waits_after(service.db, 3):  # the run's first transaction deletes
+            assert not run(service, store).failed, "skipped, not waited for"
+        assert statuses(locking_db_url) == {SENT: 1}
     finally:
         api.rollback()
         api.close()
+    service.db.close()
     service.cleanup()
+
+
+def test_concurrent_dispatches_beside_new_messages_never_deadlock(locking_db_url: str) -> None:
+    """Four dispatchers claim batches of 100 and settle them while two writers keep adding
+    messages: no claim fails, and every message is claimed exactly once. On MariaDB at
+    REPEATABLE READ (InnoDB's default) claims deadlocked on each other's gap locks."""
+    url = locking_db_url
+    ids = fill(url, 4000)
+    dispatch = OutboxDispatch(OutboxOptions(batch_size=100))
+    claimed: list[list[str]] = [[] for _ in range(4)]
+    written: list[list[str]] = [[] for _ in range(2)]
+    errors: list[BaseException] = []
+    writing = threading.Event()
+    writing.set()
+
+    def dispatcher(slot: int) -> None:
+        session = db.new_session(url)
+        try:
+            while (rows := dispatch.claim_batch(session, f"d{slot}")) or writing.is_set():
+                dispatch.settle(session, f"d{slot}", rows, {row.id: None for row in rows})
+                claimed[slot].extend(row.message_id for row in rows)
+        except BaseException as exc:  # reported below, so a thread's failure fails the test
+            errors.append(exc)
+        finally:
+            session.close()
+
+    def writer(slot: int) -> None:
+        try:
+            for n in range(300):
+                with db.transaction(url) as session:
+                    written[slot].append(enqueue(session, "orders", {"n": n}).message_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    dispatchers = [threading.Thread(target=dispatcher, args=(i,)) for i in range(4)]
+    writers = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    for thread in dispatchers + writers:
+        thread.start()
+    for thread in writers:
+        thread.join(timeout=120)
+    writing.clear()
+    for thread in dispatchers:
+        thread.join(timeout=120)
+    assert not errors, errors
+    everything = [message for slot in claimed for message in slot]
+    assert Counter(everything) == Counter(ids + written[0] + written[1]), "each claimed once"
+    assert statuses(url) == {SENT: len(everything)}
+    with db.transaction(url) as session:
+        assert set(session.scalars(select(T.c.attempts))) == {1}

@@ -46,7 +46,8 @@ def upgrade() -> None:
     # Claims read pending rows in available_at order up to LIMIT. Indexing only pending rows
     # keeps each claim from walking past the rows already sent: with just the primary key,
     # claim throughput falls several-fold as the table fills with sent rows.
-    # (MySQL has no partial indexes: there this is a plain index on the same columns.)
+    # (MySQL has no partial indexes: here this is a plain index on the same columns, which
+    # 0002_mysql_outbox makes lead with the status.)
     op.create_index(op.f("ix_svc_outbox_pending"), "svc_outbox", ["available_at", "id"],
                     postgresql_where=sa.text("status = 'pending'"),
                     sqlite_where=sa.text("status = 'pending'"))
