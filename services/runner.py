@@ -125,6 +125,8 @@ async def _run_update(service: AbstractService, ticket: RunTicket,
         async with limit:
             await service.update()
     except BaseException as exc:
+        if ticket.expired_by and isinstance(exc, TimeoutError):
+            return TIMEOUT, RunTimedOut(f"update() was cancelled by {ticket.expired_by}")
         return _classify(exc, limit, limit_errors, service.timeout_seconds)
     finally:
         ticket.expire = None

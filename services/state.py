@@ -65,6 +65,8 @@ class RunTicket:
     """How ``update()`` ended, as the runner classified it (services.fields.OUTCOMES)."""
     expire: Callable[[float | None], None] | None = field(default=None, repr=False)
     """While ``update()`` runs: moves its soft limit (``expire(0)`` ends it now)."""
+    expired_by: str = ""
+    """Who ended the run early through ``expire`` (a host's own time limit), for the record."""
 
     @property
     def run_id(self) -> str:

@@ -102,13 +102,14 @@ class ProcessRuntime:
         while True:
             try:
                 return self.loop.run_until_complete(run)
-            except LIMIT_ERRORS:
+            except LIMIT_ERRORS as exc:
                 # Celery's soft limit fired while the loop was waiting, outside update():
                 # end update() now, as a timeout, and let the runner record it.
                 ticket = service._current_run
                 if run.done() or ticket is None or ticket.expire is None:
                     raise
-                ticket.expire(0)
+                ticket.expired_by = f"Celery's soft time limit ({type(exc).__name__})"
+                self.loop.call_soon(ticket.expire, 0)  # runs once the loop runs again
 
     def shutdown(self) -> None:
         """``cleanup()`` every instance, then stop the keeper and close the loop."""
