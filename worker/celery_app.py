@@ -22,6 +22,7 @@ from services.registry import Registry
 from services.settings import get_settings
 from worker import runtime
 from worker.flower_guard import refuse_open_flower
+from worker.messages import CheckedTask
 from worker.sender import message_settings
 from worker.tasks import register_tasks
 
@@ -31,7 +32,9 @@ refuse_open_flower()  # `celery flower` on an open address without a login exits
 settings = get_settings()
 registry = Registry.discover()
 
-app = Celery("svc", broker=settings.effective_broker_url, set_as_current=True)
+# CheckedTask: a malformed message is rejected and logged once instead of killing the worker.
+app = Celery("svc", broker=settings.effective_broker_url, set_as_current=True,
+             task_cls=CheckedTask)
 app.conf.update(
     **message_settings(settings),
     task_ignore_result=True,
@@ -44,6 +47,8 @@ app.conf.update(
     # One tick at a time per process: prefetched ticks would wait behind a slow run and expire.
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
+    # Refuses a message whose task name is not a string: it fails before any task's checks.
+    worker_consumer="worker.messages:CheckedConsumer",
     beat_schedule=build_schedule(registry),
     beat_schedule_filename=str(Path("var") / "celerybeat-schedule"),
     task_routes=build_routes(registry),
