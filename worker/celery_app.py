@@ -20,7 +20,7 @@ from services.durability import persistence_warnings
 from services.errors import StateUnavailableError
 from services.registry import Registry
 from services.settings import get_settings
-from worker import runtime
+from worker import memory, runtime
 from worker.flower_guard import refuse_open_flower
 from worker.messages import CheckedTask
 from worker.sender import message_settings
@@ -47,6 +47,9 @@ app.conf.update(
     # One tick at a time per process: prefetched ticks would wait behind a slow run and expire.
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
+    # A pool process whose resident memory passed the cap after a run is replaced (the run
+    # itself completes): a leaking service costs a fork, not the machine. KiB; None is off.
+    worker_max_memory_per_child=memory.cap_kib(settings),
     # Refuses a message whose task name is not a string: it fails before any task's checks.
     worker_consumer="worker.messages:CheckedConsumer",
     beat_schedule=build_schedule(registry),
@@ -87,6 +90,11 @@ def _end_task_lines(task_id: str, **_: Any) -> None:
     tokens = _task_log_context.pop(task_id, None)
     if tokens is not None:
         logs.leave(tokens)
+
+
+@signals.task_postrun.connect
+def _note_memory(task: Any, **_: Any) -> None:
+    memory.note_after_run(app.conf.worker_max_memory_per_child, task.name)
 
 
 @signals.worker_init.connect
