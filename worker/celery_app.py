@@ -54,6 +54,8 @@ app.conf.update(
     worker_consumer="worker.messages:CheckedConsumer",
     beat_schedule=build_schedule(registry),
     beat_schedule_filename=str(Path("var") / "celerybeat-schedule"),
+    # A broker outage is logged once (then a reminder every 30 s), not a traceback per tick.
+    beat_scheduler="beat_schedule.scheduler:OutageAwareScheduler",
     task_routes=build_routes(registry),
     # A plain `celery -A worker worker` consumes the default queue and every queue a service
     # names (otherwise such a service would never run); `-Q` still picks a subset.
