@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import redis
 
@@ -64,11 +65,15 @@ class StoreMemory:
             if epoch in self.announced:
                 return
             self.announced.add(epoch)
+        try:
+            when = datetime.fromtimestamp(int(lost_at_ms) / 1000, UTC).isoformat()
+        except ValueError:
+            when = lost_at_ms
         logger.error(
             "%s lost its data (detected at %s): services a worker saw paused or stopped stay "
             "so, services it saw running run on, and any other service is held until an "
             "operator acts on it (svc status lists them; svc resume NAME confirms one)",
-            store_name, lost_at_ms)
+            store_name, when)
 
 
 _memories: dict[tuple[str, str], StoreMemory] = {}

@@ -126,7 +126,9 @@ def status(
 def show_services(op: Operator, as_json: bool, detailed: bool) -> None:
     now, found = op.statuses(op.known())
     if as_json:
+        loss = next((s.loss for s in found if s.loss is not None), None)
         render.emit_json({"now": now, "services": [s.as_json() for s in found],
+                          "state_lost": loss.as_json() if loss else None,
                           "registry_errors": op.registry.errors,
                           "index_errors": op.index_errors})
     elif detailed:

@@ -25,7 +25,7 @@ from rich.text import Text
 from worker.ops import Lease, ServiceStatus
 
 CONDITION_STYLE = {"running": "green", "paused": "yellow", "stopped": "red",
-                   "backoff": "magenta", "corrupt": "bold red"}
+                   "backoff": "magenta", "corrupt": "bold red", "held": "bold red"}
 # Outside a terminal (pipes, CI logs, tests) rich would wrap at 80 columns and split values.
 PLAIN_WIDTH = 220
 # C0 and C1 control characters (ESC starts terminal sequences, CR overwrites a line, BEL
@@ -110,6 +110,7 @@ def condition_text(status: ServiceStatus) -> Text:
         "stopped": f"stopped: {status.state.stop_reason or 'no reason recorded'}",
         "backoff": f"backing off until {when(status.state.retry_at, status.now)}",
         "corrupt": "corrupt flag: nothing runs (" + ", ".join(status.state.corrupt) + ")",
+        "held": "held: Redis lost its data; waiting for an operator (svc resume)",
     }.get(kind, kind)
     if kind == "running" and status.leases:
         label = "running (run in progress)"
@@ -186,7 +187,23 @@ def print_services(statuses: list[ServiceStatus], errors: list[str],
         for warning in status.warnings:
             if warning.startswith("unreadable"):
                 out.print(cell(f"warning: {status.name}: {warning}", "yellow"))
+    print_loss(out, statuses)
     print_registry_errors(out, errors, index_errors)
+
+
+def print_loss(out: Console, statuses: Sequence[ServiceStatus]) -> None:
+    """One line when Redis lost the framework's data, and what it means for the services."""
+    loss = next((s.loss for s in statuses if s.loss is not None), None)
+    if loss is None:
+        return
+    held = [s.name for s in statuses if s.held]
+    line = (f"warning: Redis lost the framework's data (noticed at "
+            f"{when(loss.lost_at, statuses[0].now)} by {loss.detected_by}): paused and stopped "
+            "services were restored as workers last saw them")
+    if held:
+        line += (f"; held until an operator acts on them (svc resume NAME): "
+                 f"{', '.join(held)}")
+    out.print(cell(line, "bold red"))
 
 
 def print_registry_errors(out: Console, errors: list[str],
@@ -238,6 +255,7 @@ def print_details(statuses: list[ServiceStatus], errors: list[str],
         if i:
             out.print()
         out.print(detail_grid(status))
+    print_loss(out, statuses)
     print_registry_errors(out, errors, index_errors)
 
 
@@ -252,6 +270,7 @@ def print_detail(status: ServiceStatus, audit: list[Any], history: list[Any],
     if history:
         out.print()
         out.print(history_table(history, status.now, title="recent runs"))
+    print_loss(out, [status])
     print_registry_errors(out, errors, index_errors)
 
 

@@ -8,7 +8,8 @@ Counters and the run-duration histogram come from fields that ``finish_run.lua``
 each service's hash as it records a run (one ``HINCRBY`` per field, in the same script, so a
 run is counted exactly once and in the same step as its outcome):
 
-- ``runs_<outcome>`` (outcome ``ok`` | ``error`` | ``interrupted``): runs finished so far;
+- ``runs_<outcome>`` (outcome ``ok`` | ``error`` | ``timeout`` | ``interrupted`` | ``lost``):
+  runs finished so far (``lost`` is counted by the guard that finds a dead worker's run);
 - ``duration_ms_sum``: their total duration in milliseconds;
 - ``duration_le_<ms>`` / ``duration_le_inf``: how many runs took at most ``<ms>`` and more
   than the previous bound (one bucket per run; summed here into Prometheus' cumulative ones).
@@ -34,6 +35,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from services.errors import ServiceError
+from services.fields import OUTCOMES
 from services.state import ServiceState
 
 if TYPE_CHECKING:
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("svc.metrics")
 
 PREFIX = "svc"
-OUTCOMES = ("ok", "error", "interrupted")
 # Upper bounds of the duration buckets, in ms. finish_run.lua holds the same list: a run's
 # duration lands in the first bucket whose bound it does not exceed, else in "inf".
 DURATION_BUCKETS_MS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
@@ -84,6 +85,7 @@ class ServiceCollector(Collector):
             "interval_seconds": "How often Beat sends the service a tick.",
             "runs_in_progress": "Runs holding a lease right now.",
             "state_corrupt_fields": "Fields of the service's hash that are unreadable.",
+            "held": "1 while Redis lost its data and nobody restored or confirmed the service.",
         }
         families = {key: GaugeMetricFamily(f"{PREFIX}_{key}", doc, labels=labels)
                     for key, doc in gauges.items()}
@@ -96,7 +98,8 @@ class ServiceCollector(Collector):
         started = CounterMetricFamily(
             f"{PREFIX}_runs_started", "Runs the guard let start.", labels=labels)
         runs = CounterMetricFamily(
-            f"{PREFIX}_runs", "Finished runs by outcome (ok, error, interrupted).",
+            f"{PREFIX}_runs",
+            "Finished runs by outcome (ok, error, timeout, interrupted, lost).",
             labels=[*labels, "outcome"])
         duration = HistogramMetricFamily(
             f"{PREFIX}_run_duration_seconds", "How long update() runs took.", labels=labels)
@@ -108,6 +111,7 @@ class ServiceCollector(Collector):
                 "backing_off": status.condition == "backoff", "failures": state.failures,
                 "runs_in_progress": len(status.leases),
                 "state_corrupt_fields": len(state.corrupt),
+                "held": status.held,
             }
             if status.config is not None:
                 values["max_failures"] = status.config.max_failures
@@ -126,6 +130,13 @@ class ServiceCollector(Collector):
             duration.add_metric(name, buckets, total_ms / 1000)
         yield from families.values()
         yield from (last_success, last_finished, started, runs, duration)
+        loss = next((s.loss for s in statuses if s.loss is not None), None)
+        if loss is not None:
+            lost = GaugeMetricFamily(
+                f"{PREFIX}_state_lost_timestamp_seconds",
+                "When a worker found that Redis had lost the framework's data (Unix time).")
+            lost.add_metric([], loss.lost_at)
+            yield lost
 
 
 def duration_buckets(raw: dict[str, str]) -> tuple[list[tuple[str, float]], float]:

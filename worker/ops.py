@@ -7,6 +7,7 @@ given once, at the edge (the CLI's callback), never read here.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import math
@@ -85,6 +86,26 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class StoreLoss:
+    """Redis lost the framework's data: when a worker noticed, which one, and the epoch
+    (``<prefix>:_epoch``) in force since. Services it did not restore wait for an operator."""
+
+    epoch: str
+    lost_at: float
+    detected_by: str
+
+    @classmethod
+    def from_epoch(cls, raw: dict[str, str]) -> StoreLoss | None:
+        lost_at = _float_or_none(raw.get("lost_at"))
+        if lost_at is None:
+            return None
+        return cls(raw.get("id", ""), lost_at / 1000, raw.get("detected_by", "?"))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "lost_at": self.lost_at, "detected_by": self.detected_by}
+
+
+@dataclass(frozen=True)
 class ServiceStatus:
     """One service as an operator sees it, read in one round trip."""
 
@@ -99,10 +120,21 @@ class ServiceStatus:
     seen_by_worker: bool
     raw: dict[str, str] = field(default_factory=dict, repr=False)
     """The hash as Redis holds it (the metrics read counters from it)."""
+    loss: StoreLoss | None = None
+    """Set when Redis lost the framework's data (for every service alike)."""
+
+    @property
+    def held(self) -> bool:
+        """Redis lost its data and nobody restored or confirmed this service's flags since:
+        the guard runs nothing of it (begin_run.lua's rule)."""
+        return (self.loss is not None and self.raw.get("epoch") != self.loss.epoch
+                and not self.raw.get("change"))
 
     @property
     def condition(self) -> str:
-        """running | paused | stopped | backoff | corrupt, in the guard's order of checks."""
+        """held | corrupt | running | paused | stopped | backoff, in the guard's order."""
+        if self.held:
+            return "held"
         if any(c.startswith(("running=", "paused=")) for c in self.state.corrupt):
             return "corrupt"
         if not self.state.running:
@@ -130,6 +162,12 @@ class ServiceStatus:
             notes.append("no worker has registered this service yet")
         if not self.in_registry and self.config is not None:
             notes.append("not found in this machine's registry (known from a worker)")
+        if self.held:
+            notes.append("Redis lost its data and no worker remembered this service's state: "
+                         "it runs once an operator acts on it (svc resume, start, pause...)")
+        elif self.raw.get("restored_by"):
+            notes.append("state restored after Redis lost its data, as worker "
+                         f"{self.raw['restored_by']} last saw it")
         return notes
 
     def as_json(self) -> dict[str, Any]:
@@ -152,6 +190,7 @@ class ServiceStatus:
             "in_registry": self.in_registry,
             "seen_by_worker": self.seen_by_worker,
             "warnings": self.warnings,
+            "held": self.held,
             "now": self.now,
         }
 
@@ -245,10 +284,12 @@ class Operator:
         keys = self.store.keys
         read = {key: kind for name in names
                 for key, kind in service_keys(keys, name, "state", "lease", "history").items()}
+        read[keys.epoch()] = "epoch"
         # The store's own guard, so a failure reads like every other: URL, password hidden.
         with naming(self.store, read), self.store._reaching(), \
                 self.store.client.pipeline(transaction=False) as pipe:
             pipe.time()
+            pipe.hgetall(keys.epoch())
             for name in names:
                 pipe.hgetall(keys.state(name))
                 pipe.zrange(keys.lease(name), 0, -1, withscores=True)
@@ -256,10 +297,12 @@ class Operator:
             replies = pipe.execute()
         seconds, micros = replies[0]
         now = seconds + micros / 1_000_000
+        loss = StoreLoss.from_epoch(replies[1])
         found = []
         for i, name in enumerate(names):
-            raw, leases, last = replies[1 + 3 * i: 4 + 3 * i]
-            found.append(self._status(name, now, raw, leases, last))
+            raw, leases, last = replies[2 + 3 * i: 5 + 3 * i]
+            found.append(dataclasses.replace(self._status(name, now, raw, leases, last),
+                                             loss=loss))
         return now, found
 
     def _status(self, name: str, now: float, raw: dict[str, str],

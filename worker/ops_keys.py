@@ -27,6 +27,8 @@ LAYOUT: dict[str, tuple[str, str]] = {
     "history": ("list", "the service's recent runs"),
     "audit": ("list", "the service's recorded changes"),
     "index": ("hash", "service name -> settings, written by workers"),
+    "inflight": ("hash", "run token -> start of each run in progress"),
+    "epoch": ("hash", "the store's epoch: id, created_at, lost_at after a data loss"),
 }
 
 
