@@ -131,7 +131,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_prefix(cls, value: str) -> str:
         if not _KEY_PREFIX.match(value):
-            raise ValueError("must start with a letter or digit and hold no spaces")
+            raise ValueError(
+                "expected letters, digits, '_', '.', '-', '{' or '}', starting with a letter or "
+                "digit, and no ':' (a prefix holding ':' could reach another prefix's keys)")
         return value
 
     @field_validator("flower_address", "metrics_address")
@@ -184,7 +186,8 @@ def load_settings(**overrides: object) -> Settings:
             if not err["loc"]:  # a check across fields: its message names the variables
                 problems.append(str(err["msg"]).removeprefix("Value error, "))
                 continue
-            problems.append(f"{_env_name(field)}={err.get('input')!r}: {err['msg']}")
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{_env_name(field)}={err.get('input')!r}: {message}")
         raise ServiceConfigError("invalid setting: " + "; ".join(problems)) from None
 
 

@@ -8,6 +8,7 @@ refused and logged by Celery before any code of ours sees it.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from kombu import Exchange, Queue
 from beat_schedule import build_routes, build_schedule, service_queues
 from services import logs
 from services.durability import persistence_warnings
-from services.errors import StateUnavailableError
+from services.errors import ServiceConfigError, StateUnavailableError
 from services.registry import Registry
 from services.settings import get_settings
 from worker import memory, runtime
@@ -29,7 +30,12 @@ from worker.tasks import register_tasks
 logger = logging.getLogger(__name__)
 
 refuse_open_flower()  # `celery flower` on an open address without a login exits here
-settings = get_settings()
+try:
+    settings = get_settings()
+except ServiceConfigError as exc:
+    # One line naming the variable, not Celery's "unable to load the app" traceback.
+    sys.stderr.write(f"svc: {exc}\n")
+    raise SystemExit(2) from None
 registry = Registry.discover()
 
 # CheckedTask: a malformed message is rejected and logged once instead of killing the worker.
