@@ -17,18 +17,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
-import redis
 from redis import Redis
 from redis.commands.core import Script
 
 from services import durability
 from services.config import MAX_SECONDS
-from services.errors import StateCorruptError, StateUnavailableError
 from services.fields import ServiceState, parse_flag
 from services.keys import Keys, validate_name
+from services.redis_client import RedisErrors, connect_redis
 from services.scripts import ScriptChannel, Scripts
 from services.settings import Settings, get_settings, redact_url
 
@@ -102,42 +100,6 @@ class FinishResult:
     """False for a failure that overlapped one already counted in this backoff window."""
 
 
-class _Reaching:
-    """Turns "Redis is down" and "a state key has the wrong type" into the framework's own
-    errors. A plain class rather than ``@contextmanager``: it is entered twice per run."""
-
-    __slots__ = ("store",)
-
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
-        if exc_type is None:
-            return False
-        if issubclass(exc_type, (redis.ConnectionError, redis.TimeoutError)):
-            raise StateUnavailableError(
-                f"cannot reach Redis at {self.store.redis_url}: {exc}") from exc
-        if issubclass(exc_type, UnicodeDecodeError):
-            raise StateCorruptError(
-                f"a state key under {self.store.keys.prefix}: holds bytes that are not UTF-8 "
-                f"text ({exc}); expected flags 1/0 and numbers: fix it with HSET") from exc
-        if issubclass(exc_type, redis.ResponseError) and "WRONGTYPE" not in str(exc):
-            # OOM under noeviction, READONLY after a failover: Redis is there but refuses.
-            raise StateUnavailableError(
-                f"Redis at {self.store.redis_url} refused the command: {exc}") from exc
-        if issubclass(exc_type, redis.ResponseError):
-            # Someone replaced a state key with another type (SET instead of HSET): refuse to
-            # run, say which keys, and keep the process alive until it is fixed.
-            raise StateCorruptError(
-                f"a state key under {self.store.keys.prefix}: holds the wrong Redis type "
-                f"({exc}); expected the documented layout (see services/keys.py)") from exc
-        return False
-
-
 _SUCCEEDED = FinishResult(0, False, False, False, 0)
 
 
@@ -173,7 +135,7 @@ class StateStore:
         self.redis_url = redact_url(redis_url) if redis_url else "<redis>"
         self.scripts = Scripts.register(client)
         self.worker = worker_identity()
-        self._reaching_cm = _Reaching(self)
+        self._reaching_cm = RedisErrors(self.redis_url, self.keys.prefix)
         self._process: tuple[int, str, ScriptChannel] | None = None
         self.defer_success = False
         """Send a short run's success without waiting for its reply (Celery workers do)."""
@@ -194,7 +156,7 @@ class StateStore:
     def lease_seconds(self) -> float:
         return self.lease_ms / 1000
 
-    def _reaching(self) -> _Reaching:
+    def _reaching(self) -> RedisErrors:
         return self._reaching_cm
 
     def _per_process(self) -> tuple[int, str, ScriptChannel]:
@@ -448,17 +410,6 @@ def _json_rows(rows: list[str], key: str) -> list[dict[str, Any]]:
         except ValueError:
             logger.error("%s holds an entry that is not JSON; skipping it: %.80r", key, row)
     return parsed
-
-
-def connect_redis(url: str) -> Redis:
-    """A client for ``url``. Connecting is lazy; the first command reports an unreachable
-    server as :class:`StateUnavailableError` with the password hidden."""
-    try:
-        return Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30)
-    except ValueError as exc:
-        raise StateUnavailableError(
-            f"REDIS_URL {redact_url(url)!r} is not a Redis URL: {exc}") from exc
 
 
 _default: tuple[int, StateStore] | None = None
