@@ -30,11 +30,6 @@ ALL_KINDS = [
 ROW_LOCKING_KINDS = ALL_KINDS[1:]
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "mysql: needs a reachable MariaDB/MySQL (runs whenever one is reachable)")
-
-
 def schema_url(base_url: str, schema: str) -> str:
     """``base_url`` whose connections use ``schema`` first (libpq ``options``)."""
     url = make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"})
