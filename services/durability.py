@@ -59,6 +59,13 @@ class StoreMemory:
         elif verdict in ("go", "backoff", "duplicate", "nothing_to_retry", "leased"):
             self.seen[name] = Seen(True, False, "", at)
 
+    def remembered(self, name: str) -> str:
+        """'paused' or 'stopped' when this process last saw ``name`` so, else ''."""
+        seen = self.seen.get(name)
+        if seen is None:
+            return ""
+        return "stopped" if not seen.running else ("paused" if seen.paused else "")
+
     def announce_loss(self, epoch: str, lost_at_ms: str, store_name: str) -> None:
         """Log the loss at ERROR once per process and loss, not once per tick."""
         with self.lock:
@@ -84,8 +91,11 @@ def memory_for(redis_url: str, prefix: str) -> StoreMemory:
     """This process's memory of one store. A module global on purpose: forked pool processes
     inherit what the worker's main process read at start."""
     key = (redis_url, prefix)
-    with _memories_lock:
-        return _memories.setdefault(key, StoreMemory())
+    memory = _memories.get(key)  # every guard asks: no lock, no allocation once it exists
+    if memory is None:
+        with _memories_lock:
+            memory = _memories.setdefault(key, StoreMemory())
+    return memory
 
 
 def new_epoch_id() -> str:

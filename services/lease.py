@@ -121,12 +121,15 @@ class LeaseKeeper:
         now = time.monotonic()
         with self._lock:
             due = [(t.ticket, t.hard_deadline) for t in self._tracked.values()
-                   if now - t.renewed_at >= self.period]
+                   if now - t.renewed_at >= self.period and not t.ticket.lease_lost]
         for ticket, deadline in due:
-            # Never past the hard limit, even if this thread wakes late for the expiry.
+            # Never much past the hard limit, even if this thread wakes late for the expiry;
+            # a third of a lease beyond it, so that at the limit this thread records the
+            # timeout itself rather than a guard elsewhere finding the lease lapsed.
             lease_ms = self.store.lease_ms
             if deadline is not None:
-                lease_ms = max(1, min(lease_ms, int((deadline - now) * 1000)))
+                margin = self.store.lease_seconds * RENEWAL_FRACTION
+                lease_ms = max(1, min(lease_ms, int((deadline + margin - now) * 1000)))
             try:
                 renewed = self.store.renew(ticket, lease_ms)
             except StateUnavailableError as exc:
@@ -138,10 +141,9 @@ class LeaseKeeper:
                 with self._lock:
                     if ticket.token not in self._tracked:
                         continue  # the run finished (and freed its lease) meanwhile
-                ticket.lease_lost = True
+                ticket.lease_lost = True  # no more renewals, but the hard limit still holds
                 logger.error("service %s run %s lost its lease; its result will not overwrite "
                              "a newer run", ticket.name, ticket.run_id)
-                self.untrack(ticket)
                 continue
             with self._lock:
                 tracked = self._tracked.get(ticket.token)

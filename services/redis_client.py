@@ -11,13 +11,18 @@ from redis import Redis
 from services.errors import StateCorruptError, StateUnavailableError
 from services.settings import redact_url
 
+SOCKET_TIMEOUT_SECONDS = 10.0
+
 
 def connect_redis(url: str) -> Redis:
     """A client for ``url``. Connecting is lazy; the first command reports an unreachable
     server as :class:`StateUnavailableError` with the password hidden."""
     try:
         return Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30)
+            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30,
+            # A Redis that stops answering (a frozen host, a blackholed route) must not block
+            # a guard or the lease keeper for ever: every command here is short.
+            socket_timeout=SOCKET_TIMEOUT_SECONDS)
     except ValueError as exc:
         raise StateUnavailableError(
             f"REDIS_URL {redact_url(url)!r} is not a Redis URL: {exc}") from exc

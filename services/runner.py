@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("services.runner")
 
 KINDS = ("tick", "loop", "retry", "trigger")
+# How long the runner waits for the keeper thread to record a run it took at the hard limit.
+HARD_LIMIT_RECORD_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,9 @@ class RunReport:
         """ok | error | timeout for a run that ended; None when the guard refused it."""
         if self.ticket is None:
             return None
-        return self.ticket.outcome if self.failed or self.ticket.outcome != OK else OK
+        if self.ticket.outcome == OK:
+            return ERROR if self.failed else OK  # _handle_failure() marked it failed
+        return self.ticket.outcome
 
     def summary(self) -> str:
         """One line, the Celery task's result as Flower shows it: ``ran <run id>: ok`` or
@@ -97,6 +101,12 @@ async def run_once(service: AbstractService, kind: str, keeper: LeaseKeeper,
             outcome, error = await _run_update(service, ticket, limit_errors)
         finally:
             keeper.untrack(ticket)
+        if not ticket.claim():
+            # The lease keeper got there first: past the hard limit it recorded the run as a
+            # timeout (and in a pool process is ending it). That record is the run's one.
+            ticket.recorded.wait(HARD_LIMIT_RECORD_WAIT_SECONDS)
+            service._end_run(ticket)
+            return RunReport(decision, error, ticket.result)
         ticket.outcome = outcome
         _log_end(outcome, error)
         if outcome == INTERRUPTED:
@@ -125,6 +135,11 @@ async def _run_update(service: AbstractService, ticket: RunTicket,
         async with limit:
             await service.update()
     except BaseException as exc:
+        if limit.expired() and not isinstance(exc, TimeoutError | asyncio.CancelledError):
+            # update() turned the cancellation into an error of its own: still the limit.
+            return TIMEOUT, RunTimedOut(
+                f"update() ran past timeout_seconds={service.timeout_seconds:g} and was "
+                f"cancelled; it then raised {describe(exc)}")
         if ticket.expired_by and isinstance(exc, TimeoutError):
             return TIMEOUT, RunTimedOut(f"update() was cancelled by {ticket.expired_by}")
         return _classify(exc, limit, limit_errors, service.timeout_seconds)
@@ -162,19 +177,25 @@ def _hard_limit(service: AbstractService, keeper: LeaseKeeper, ticket: RunTicket
     """In the lease keeper's thread: the run is past its hard limit, so ``update()`` never
     yielded to be cancelled. Record it as a ``timeout`` (freeing the lease), then let the host
     end the process if it can replace it."""
+    if not ticket.claim():
+        return  # update() returned just now: the runner records the run itself
     limit = service.timeout_seconds + keeper.grace
     with logs.bound(service.name, ticket.run_id):
         logger.error("update() did not return within its hard limit (%gs: timeout_seconds "
-                     "%g + grace %g); recorded as timeout", limit, service.timeout_seconds,
-                     keeper.grace)
+                     "%g + grace %g)", limit, service.timeout_seconds, keeper.grace)
         ticket.outcome = TIMEOUT
-        ticket.result = service.state.finish(
-            ticket, outcome=TIMEOUT, max_failures=service.max_failures,
-            retry_delay_seconds=service.retry_delay_seconds,
-            error=f"RunTimedOut: hard limit: update() did not return within {limit:g}s and "
-                  "never yielded to be cancelled (a blocking call)")
-        if keeper.on_hard_limit is not None:
-            keeper.on_hard_limit(ticket)
+        try:
+            ticket.result = service.state.finish(
+                ticket, outcome=TIMEOUT, max_failures=service.max_failures,
+                retry_delay_seconds=service.retry_delay_seconds,
+                error=f"RunTimedOut: hard limit: update() did not return within {limit:g}s "
+                      "and never yielded to be cancelled (a blocking call)")
+        finally:
+            # Recorded or not (Redis away: the run then shows as lost once its lease lapses),
+            # a blocked pool process is replaced.
+            ticket.recorded.set()
+            if keeper.on_hard_limit is not None:
+                keeper.on_hard_limit(ticket)
 
 
 def _log_end(outcome: str, error: BaseException | None) -> None:

@@ -65,6 +65,13 @@ class RunTicket:
     """While ``update()`` runs: moves its soft limit (``expire(0)`` ends it now)."""
     expired_by: str = ""
     """Who ended the run early through ``expire`` (a host's own time limit), for the record."""
+    _claimed: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    recorded: threading.Event = field(default_factory=threading.Event, repr=False)
+    """Set once the lease keeper recorded the run at its hard limit."""
+
+    def claim(self) -> bool:
+        """True for the one thread (runner or lease keeper) that records this run's end."""
+        return self._claimed.acquire(blocking=False)
 
     @property
     def run_id(self) -> str:
@@ -204,7 +211,7 @@ class StateStore:
                 self.scripts.begin_run, self.keys.for_service(name),
                 (token, self.lease_ms, max_runs, kind, int(tick_gap_seconds * 1000),
                  memory.epoch, durability.new_epoch_id(), int(cooldown_seconds * 1000),
-                 MAX_AHEAD_MS, self.history_length))
+                 MAX_AHEAD_MS, self.history_length, memory.remembered(name)))
         memory.epoch = epoch
         memory.note(name, verdict, detail, int(now_ms))
         if verdict == HELD:

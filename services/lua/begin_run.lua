@@ -19,6 +19,8 @@
 -- ARGV[8]  cooldown_ms    stop_cooldown_seconds in ms: a probe run after a max_failures stop
 -- ARGV[9]  max_ahead_ms   a stored time further ahead than this is absurd: ignored, with a warning
 -- ARGV[10] history_len    how many runs the history keeps
+-- ARGV[11] remembered     'paused' | 'stopped' | '': this service as this process last saw it
+--                         (after a loss, a remembered pause or stop is merged in: it wins)
 --
 -- Returns {verdict, detail, now_ms, warnings, epoch, kind}
 --   go               detail = run sequence number (fencing token); kind = the run's kind
@@ -86,16 +88,18 @@ end
 -- The store's epoch. None while this process remembers one: Redis lost its data (a restart
 -- without persistence, FLUSHDB, failover to an empty replica). None and nothing remembered:
 -- a new store.
-local e = redis.call('HMGET', KEYS[6], 'id', 'lost_at')
+local e = redis.call('HMGET', KEYS[6], 'id', 'lost_at', 'lost_epoch')
 local epoch, lost_at = e[1], e[2]
 if not epoch then
   epoch = ARGV[7]
   redis.call('HSET', KEYS[6], 'id', epoch, 'created_at', now)
-  if known_epoch ~= '' then
-    lost_at = tostring(now)
-    redis.call('HSET', KEYS[6], 'lost_at', lost_at, 'lost_epoch', known_epoch,
-      'detected_by', string.match(token, '@(.*)$') or token)
-  end
+end
+-- The epoch this process knew is gone, whether the key is missing or something that knew
+-- no epoch (a new worker, a standalone loop) made a fresh one first: a loss either way.
+if known_epoch ~= '' and known_epoch ~= epoch and known_epoch ~= e[3] then
+  lost_at = tostring(now)
+  redis.call('HSET', KEYS[6], 'lost_at', lost_at, 'lost_epoch', known_epoch,
+    'detected_by', string.match(token, '@(.*)$') or token)
 end
 
 local h = redis.call('HMGET', KEYS[1], 'running', 'paused', 'retry_at', 'last_tick_at',
@@ -104,6 +108,21 @@ local h = redis.call('HMGET', KEYS[1], 'running', 'paused', 'retry_at', 'last_ti
 -- or an operator acted on it: the safe reading is "may have been paused or stopped".
 if lost_at and h[10] ~= epoch and not h[11] then
   return {'held', lost_at, now, warnings, epoch, kind}
+end
+if lost_at and not h[11] and ((ARGV[11] == 'paused' and h[2] ~= '1')
+    or (ARGV[11] == 'stopped' and h[1] ~= '0')) then
+  -- Another worker restored this service from an older memory; this process saw it paused or
+  -- stopped since, and the safe reading wins.
+  if ARGV[11] == 'paused' then
+    redis.call('HSET', KEYS[1], 'paused', 1)
+    h[2] = '1'
+  else
+    h[7] = 'stopped before Redis lost its data (restored)'
+    redis.call('HSET', KEYS[1], 'running', 0, 'stopped_by', 'restored', 'stop_reason', h[7])
+    h[1] = '0'
+  end
+  redis.call('LPUSH', KEYS[5], cjson.encode({action = 'restore', by = string.match(token, '@(.*)$'),
+    at = now / 1000, reason = 'Redis lost its data; this worker saw it ' .. ARGV[11]}))
 end
 local running, paused = flag(h[1], true), flag(h[2], false)
 if running == nil then return {'corrupt', 'running=' .. h[1], now, warnings, epoch, kind} end

@@ -76,7 +76,8 @@ if not superseded then
       'last_success_at', finished)
     redis.call('HDEL', KEYS[1], 'retry_at', 'failure_window_at', 'first_failure_at')
     failures = 0
-    if kind == 'probe' then
+    -- Only a stop by max_failures: an operator who stopped it during the probe decides.
+    if kind == 'probe' and redis.call('HGET', KEYS[1], 'stopped_by') == 'max_failures' then
       redis.call('HSET', KEYS[1], 'running', 1)
       redis.call('HDEL', KEYS[1], 'stop_reason', 'stopped_by', 'stopped_at')
       redis.call('LPUSH', KEYS[5], cjson.encode({action = 'start', by = 'probe@' .. worker,

@@ -13,7 +13,8 @@
 -- ARGV[6]  who          the worker (host:pid)
 -- ARGV[7]  audit_len    how many entries the audit list keeps
 --
--- Returns 'restored', 'merged' (another worker restored it first; the safer flags kept),
+-- Returns 'restored', 'merged' (another worker restored it first; the safer flags kept,
+-- whichever restores first and whatever the hash still held),
 -- 'operator' (an operator acted since the loss; nothing changed) or 'stale' (epoch changed).
 
 local e = redis.call('HMGET', KEYS[3], 'id', 'lost_at')
@@ -23,11 +24,11 @@ if h[2] then return 'operator' end
 
 local running, paused, reason = ARGV[2], ARGV[3], ARGV[4]
 local verdict = 'restored'
-if h[1] == ARGV[1] then
-  verdict = 'merged'
-  if h[3] == '0' then running = '0' end
-  if h[4] == '1' then paused = '1' end
-end
+if h[1] == ARGV[1] then verdict = 'merged' end
+-- Whatever the hash still holds (another worker's restore, a pause that survived because only
+-- the epoch key went) is merged, never overwritten: a pause or a stop always wins.
+if h[3] == '0' then running = '0' end
+if h[4] == '1' then paused = '1' end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'running', running, 'paused', paused,
   'restored_by', ARGV[6], 'restored_at', e[2])
 if running == '0' and reason ~= '' then

@@ -191,3 +191,52 @@ def test_a_new_store_is_not_a_lost_one(store: StateStore, prefix: str) -> None:
     durability.memory_for(store.redis_url, store.keys.prefix).epoch = ""
     assert begin(store, "newcomer").go
     assert "lost_at" not in store.epoch_info()
+
+
+def test_an_epoch_made_anew_by_a_fresh_process_is_still_a_loss(
+        store: StateStore, redis_client: redis.Redis, prefix: str) -> None:
+    store.remember_epoch()
+    store.control("p1", "pause", who="ana@ops")
+    begin(store, "p1")
+    known = store.memory.epoch
+    wipe(redis_client, prefix)
+    # A new worker (which knew no epoch) touches the store first and makes a fresh epoch.
+    redis_client.hset(store.keys.epoch(), mapping={"id": "fresh", "created_at": "1"})
+    assert begin(store, "p1").verdict == "paused"
+    assert store.epoch_info()["lost_epoch"] == known
+
+
+def test_a_pause_seen_later_wins_over_an_earlier_restore(
+        store: StateStore, redis_client: redis.Redis, prefix: str) -> None:
+    store.remember_epoch()
+    begin(store, "x")  # this process saw x paused (below), another saw it running earlier
+    store.memory.seen["x"] = durability.Seen(True, True, "", store.now())
+    wipe(redis_client, prefix)
+    assert begin(store, "other").verdict == "held"  # the loss is recorded
+    epoch = store.memory.epoch
+    # The other worker restored x first, as running.
+    redis_client.hset(store.keys.state("x"), mapping={"epoch": epoch, "running": 1,
+                                                      "paused": 0})
+    assert begin(store, "x").verdict == "paused"
+    assert store.read("x").paused
+
+
+def test_a_pause_that_survived_the_loss_of_only_the_epoch_stays(
+        store: StateStore, redis_client: redis.Redis) -> None:
+    store.remember_epoch()
+    begin(store, "g")  # seen running
+    redis_client.hset(store.keys.state("g"), "paused", 1)  # plain HSET: no audit, no change
+    redis_client.delete(store.keys.epoch())
+    assert begin(store, "g").verdict == "paused"
+
+
+def test_an_operators_stop_during_a_probe_stands(store: StateStore,
+                                                 redis_client: redis.Redis) -> None:
+    redis_client.hset(store.keys.state("pr"), mapping={
+        "running": 0, "stopped_by": "max_failures", "stopped_at": "1"})
+    probe = begin(store, "pr", cooldown=0.1)
+    assert probe.go
+    store.control("pr", "stop", who="ana@ops", reason="investigating")
+    store.finish(probe.ticket, error=None, max_failures=3, retry_delay_seconds=0.2)
+    assert not store.read("pr").running
+    assert begin(store, "pr").verdict == "stopped"
