@@ -40,7 +40,7 @@ uses the median of the per-round ratios: on a shared machine a burst of foreign 
 hits one batch skews that round, and the median of the pairs shrugs it off where the overall
 ratio does not; both are printed, with the load average before and after.
 
-Targets (issue 3): prefork c=2 keeps >= 0.90 of raw throughput, solo >= 0.75, 2 round trips
+Targets: prefork c=2 keeps >= 0.90 of raw throughput, solo >= 0.75, 2 round trips
 per run. ``--breakdown`` also times, inside the worker, ``ProcessRuntime.run`` and the guard
 and finish calls (see ``bench/raw_tasks.py``), to split the wrapper's cost per run; it adds
 a few microseconds per run, so the reference figures are taken without it. ``--profile FILE``
