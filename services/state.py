@@ -251,6 +251,20 @@ class StateStore:
         self.memory.epoch = epoch
         return epoch
 
+    def acknowledge_loss(self, who: str) -> dict[str, str]:
+        """An operator's all-clear after a data loss: the loss moves to ``last_lost_at`` and
+        services nobody restored are no longer held. Returns the epoch hash as it was."""
+        key = self.keys.epoch()
+        with self._reaching():
+            before = self.client.hgetall(key)
+            if before.get("lost_at"):
+                with self.client.pipeline() as pipe:  # MULTI: all of it or nothing
+                    pipe.hset(key, mapping={"last_lost_at": before["lost_at"],
+                                            "acknowledged_by": who})
+                    pipe.hdel(key, "lost_at")
+                    pipe.execute()
+        return before
+
     def epoch_info(self) -> dict[str, str]:
         """The store's epoch hash: ``id``, ``created_at`` and, after a loss, ``lost_at``..."""
         with self._reaching():

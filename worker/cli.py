@@ -26,7 +26,7 @@ from services.errors import ServiceConfigError, StateCorruptError
 from services.settings import load_settings, redact_url
 from worker import cli_render as render
 from worker.cli_edge import EXIT_FAILED, EXIT_USAGE, OneLineGroup, edge, fail
-from worker.ops import Operator, check_reason
+from worker.ops import Operator, actor, check_reason
 
 app = typer.Typer(
     name="svc", cls=OneLineGroup, no_args_is_help=True, add_completion=False,
@@ -250,6 +250,22 @@ for _action in ("pause", "resume", "stop", "start", "reset"):
     _fn.__name__ = _action
     _fn.__doc__ = CONTROL_HELP[_action]
     app.command(_action)(_fn)
+
+
+@app.command("acknowledge-loss")
+@edge
+def acknowledge_loss(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """After Redis lost its data: the services are as they should be. Clears the loss from
+    svc status and the metrics; services still held run again as running."""
+    op = operator(ctx)
+    before = op.store.acknowledge_loss(actor())
+    if as_json:
+        render.emit_json({"acknowledged": bool(before.get("lost_at")), "epoch": before})
+    elif before.get("lost_at"):
+        render.console().print(f"loss of {before.get('lost_epoch', '?')} acknowledged",
+                               markup=False)
+    else:
+        render.console().print("no data loss recorded", markup=False)
 
 
 @app.command()

@@ -62,6 +62,10 @@ def test_lost_state_never_undoes_an_operator(loss: str, tmp_path: Path, prefix: 
         status = json.loads(svc(own_redis, prefix, "status", "--json").stdout)
         metrics = svc(own_redis, prefix, "metrics", "--once").stdout
         log = worker.output()
+        # The operator's all-clear closes the loss on every surface.
+        assert svc(own_redis, prefix, "acknowledge-loss").returncode == 0
+        after = json.loads(svc(own_redis, prefix, "status", "--json").stdout)
+        metrics_after = svc(own_redis, prefix, "metrics", "--once").stdout
 
     # Neither ran after the loss: no runs, no history, and their flags are back.
     assert paused.runs == 0 and stopped.runs == 0, (paused, stopped)
@@ -74,6 +78,9 @@ def test_lost_state_never_undoes_an_operator(loss: str, tmp_path: Path, prefix: 
     assert conditions == {"ticker": "running", "lifecycle": "paused", "queued": "stopped"}
     assert "svc_state_lost_timestamp_seconds" in metrics
     assert restored(status, "lifecycle")
+    assert after["state_lost"] is None
+    assert "svc_state_lost_timestamp_seconds" not in metrics_after
+    assert {s["name"]: s["condition"] for s in after["services"]} == conditions
 
 
 def restored(status: dict[str, Any], name: str) -> bool:
