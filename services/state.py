@@ -141,7 +141,6 @@ class StateStore:
         self.audit_length = audit_length
         self.redis_url = redact_url(redis_url) if redis_url else "<redis>"
         self.scripts = Scripts.register(client)
-        self.worker = worker_identity()
         self._reaching_cm = RedisErrors(self.redis_url, self.keys.prefix)
         self._process: tuple[int, str, ScriptChannel] | None = None
         self.defer_success = False

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from services.settings import Settings
 from tests.cluster import Cluster
 from tests.waiting import wait_for
 from worker.ops import Operator
@@ -81,28 +82,22 @@ def test_a_blocking_update_is_ended_by_the_hard_limit_and_its_process_replaced(
 
 def test_warm_shutdown_and_pause_wait_finish_within_the_limit(
         tmp_path: Path, prefix: str, redis_url: str) -> None:
-    env = {"SVC_KEY_PREFIX": prefix, "REDIS_URL": redis_url,
-           "SVC_PACKAGES": "tests.svc_chaos", "SVC_SERVICES": "hanger"}
     with hanger(tmp_path, prefix, redis_url, "await", SVC_HANGER_TIMEOUT_SECONDS="3") as c:
         worker = c.worker("w1")
         c.beat()
         store = c.store()
         wait_for(lambda: store.lease_holders("hanger"), 20, f"a hung run\n{c.logs()}")
-        op = Operator(_settings(env))
+        op = Operator(Settings(redis_url=redis_url, key_prefix=prefix,
+                               packages="tests.svc_chaos", services="hanger"))
         try:
             op.control(["hanger"], "pause", "test")
             started = time.monotonic()
             busy = op.wait_idle(["hanger"], 3 + GRACE + 2)
             waited = time.monotonic() - started
+            assert not busy, f"pause --wait still waiting after {waited:.1f}s: {busy}"
+            op.control(["hanger"], "resume", "test")
         finally:
             op.close()
-        assert not busy, f"pause --wait still waiting after {waited:.1f}s: {busy}"
-
-        op_resumed = Operator(_settings(env))
-        try:
-            op_resumed.control(["hanger"], "resume", "test")
-        finally:
-            op_resumed.close()
         wait_for(lambda: store.lease_holders("hanger"), 20, f"another hung run\n{c.logs()}")
         c.warm_stop(worker, timeout=3 + GRACE + 5)  # raises if the worker is still running
         assert worker.popen.poll() is not None
@@ -123,9 +118,3 @@ def test_celerys_own_soft_time_limit_agrees_with_the_history(
     # Flower's view (the task's state) says it failed, as the history does.
     assert "failed (timeout)" in log, log[-3000:]
 
-
-def _settings(env: dict[str, str]) -> Any:
-    from services.settings import Settings
-
-    return Settings(**{"redis_url": env["REDIS_URL"], "key_prefix": env["SVC_KEY_PREFIX"],
-                       "packages": env["SVC_PACKAGES"], "services": env["SVC_SERVICES"]})
