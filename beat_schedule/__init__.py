@@ -1,5 +1,5 @@
-"""Celery Beat's schedule, built from the service registry: one entry per service, sending
-``svc.<name>`` every ``interval_seconds``.
+"""What a tick is: the task ``svc.<name>`` a service runs as, its id and its message options.
+The schedule itself lives in Redis (``beat_schedule.scheduler``, ``beat_schedule.store``).
 
 Each tick expires: a tick nobody took in time is dropped rather than piling up behind a slow
 worker (the next tick is already on its way). The floor keeps a small clock skew between
@@ -8,9 +8,9 @@ Beat's host and a worker's from expiring every tick of a very short interval.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
+from beat_schedule.store import Resolved
 from services.config import ServiceConfig
 from services.registry import Registry
 
@@ -34,17 +34,19 @@ def tick_options(config: ServiceConfig) -> dict[str, Any]:
     return options
 
 
-def build_schedule(registry: Registry) -> dict[str, dict[str, Any]]:
-    """The ``beat_schedule`` setting for every registered service."""
-    return {
-        task_name(name): {
-            "task": task_name(name),
-            "schedule": timedelta(seconds=spec.config.interval_seconds),
-            "kwargs": {"kind": "tick"},
-            "options": tick_options(spec.config),
-        }
-        for name, spec in sorted(registry.specs.items())
-    }
+def tick_id(service_name: str, fire_ms: int) -> str:
+    """A tick's Celery task id: the service and its due time, the same from every Beat, so
+    that each tick can be counted (and told apart from a duplicate) by id."""
+    return f"tick:{service_name}@{fire_ms}"
+
+
+def tick_message_options(resolved: Resolved, fire_ms: int, following_ms: int) -> dict[str, Any]:
+    """``send_task`` options for a tick due at ``fire_ms``: it expires when the next one is due."""
+    options: dict[str, Any] = {
+        "expires": max((following_ms - fire_ms) / 1000, MIN_TICK_EXPIRES_SECONDS)}
+    if resolved.queue:
+        options["queue"] = resolved.queue
+    return options
 
 
 def service_queues(registry: Registry) -> list[str]:

@@ -1,56 +1,175 @@
-"""Beat's scheduler, logging a broker outage once instead of a traceback per tick.
+"""Beat's scheduler: due times in Redis, one leader at a time, ticks sent in batches.
 
-Celery's own scheduler logs every tick it cannot send with the whole stack and traceback
-(some 150 lines), so a broker away for 30 s buries the log in thousands of lines. Here a
-failure to reach the broker goes to ``services.outage.Outage``: one line when the outage
-starts, a reminder at most every 30 s with the number of ticks not sent, and one line when a
-tick goes out again. Celery's one "Sending due task" line per tick stays as it is: it shows
-Beat alive and trying. A tick that cannot be sent is not replayed later: the next one is
-already scheduled (as with Celery's scheduler, which reserves the entry before sending).
+``celery -A worker beat`` runs :class:`RedisScheduler` (``beat_scheduler`` in
+``worker/celery_app.py``). Built on Celery's ``Scheduler`` base class rather than on
+celery-redbeat: see docs/architecture.md for the measurement behind that choice.
 
-Any other error sending one entry (not the broker's fault) is still logged each time, with
-its traceback, as Celery does.
+One pass of the loop (``tick``): one round trip reads the lease, the schedule's version and
+every service due now (``beat_poll.lua``, a range query on the due sorted set: nothing scans
+every entry); the catch-up policy (``Schedule.plan``) decides which ticks to send; one
+round trip advances the due times, fenced by the lease (``beat_advance.lua``); then the
+ticks go out on one producer. A tick the broker refused puts its due time back, so it goes
+out once the broker is back, by the catch-up policy, and is never lost to the outage.
+
+A standby polls every ``POLL_SECONDS``; the leader also reloads within one poll when the
+schedule's version changes (a live change, a new registration). User entries in the app's
+own ``beat_schedule`` still run, on the leader only, with Celery's semantics.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from typing import Any
 
-from celery.beat import PersistentScheduler, ScheduleEntry
+from celery.beat import Scheduler
 from kombu.exceptions import OperationalError
 
+from beat_schedule import tick_id, tick_message_options
+from beat_schedule.lateness import Lateness
+from beat_schedule.leader import BeatLease
+from beat_schedule.store import Resolved, ScheduleStore, resolve_all
+from services.errors import StateUnavailableError
 from services.outage import Outage
-from services.settings import redact_url
+from services.settings import get_settings, redact_url
+from services.state import StateStore
 
 logger = logging.getLogger(__name__)
 
+POLL_SECONDS = 0.5
+BATCH_SIZE = 1000
+STATS_EVERY_SECONDS = 2.0
+STATS_TTL_SECONDS = 300
 SENDING = "Scheduler: Sending due task %s (%s)"  # Celery's own line, which tests and ops grep
+Change = tuple[str, int | str, int | str, str]  # name, expected due, new due, signature
 
 
-class OutageAwareScheduler(PersistentScheduler):
-    """``PersistentScheduler`` (the schedule file under ``var/``) with bounded outage logs."""
+class RedisScheduler(Scheduler):
+    """Celery Beat scheduler whose schedule lives in Redis (see the module's docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.outage = Outage(logger, f"the broker ({redact_url(self.app.conf.broker_url)})")
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        settings = get_settings()
+        self.state = StateStore.from_settings(settings)
+        self.store = ScheduleStore(self.state)
+        self.lease = BeatLease(self.state, settings.beat_lease_seconds)
+        self.lateness = Lateness()
+        self.resolved: dict[str, Resolved] = {}
+        self.registrations: dict[str, dict[str, Any]] = {}
+        self.version: str | None = None
+        self.stats_at = 0.0
+        self.redis_outage = Outage(logger, f"service state (Redis at {self.state.redis_url})")
+        self.broker_outage = Outage(logger, f"the broker ({redact_url(app.conf.broker_url)})")
+        super().__init__(app, *args, **kwargs)
 
-    def apply_entry(self, entry: ScheduleEntry, producer: Any = None) -> None:
-        logger.info(SENDING, entry.name, entry.task)
+    # -- Celery's Scheduler interface ------------------------------------------------------
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """One pass; returns how long Beat may sleep before the next."""
         try:
-            self.apply_async(entry, producer=producer, advance=False)
-        except Exception as exc:  # Celery's scheduler catches everything here, and so do we
-            cause = self._broker_error(exc)
-            if cause is None:
-                logger.error("could not send %s: %s", entry.task, exc, exc_info=True)
-                return
-            self.outage.failed(f"{entry.task} not sent: {type(cause).__name__}: {cause}")
-        else:
-            self.outage.recovered()
+            delay = self._pass()
+        except StateUnavailableError as exc:
+            self.redis_outage.failed(exc)
+            if self.lease.leading and self.lease.expired_locally():
+                self.lease.deposed("")
+            return POLL_SECONDS
+        self.redis_outage.recovered()
+        if self.lease.leading:
+            # The app's own beat_schedule entries (not services): Celery's scheduler, leader only.
+            delay = min(delay, super().tick(*args, **kwargs))
+        return max(0.0, delay)
+
+    def close(self) -> None:
+        try:
+            self.lease.release()
+        except StateUnavailableError as exc:
+            logger.warning("beat: could not release the leader lease (%s); a standby takes "
+                           "over when it expires", exc)
+        super().close()
+
+    @property
+    def info(self) -> str:
+        return (f"    . due times: Redis {self.state.redis_url} ({self.state.keys.due()})\n"
+                f"    . leader lease: {self.lease.lease_ms / 1000:g}s")
+
+    # -- one pass --------------------------------------------------------------------------
+
+    def _pass(self) -> float:
+        if not self.lease.leading and not self.lease.try_claim():
+            return POLL_SECONDS
+        if not self.lease.renew_if_due():
+            return POLL_SECONDS
+        polled_at = time.monotonic()
+        now_ms, leader, version, flat_due, next_ms = self.state.scripts.beat_poll(
+            keys=[self.state.keys.beat_leader(), self.state.keys.schedule_version(),
+                  self.state.keys.due()], args=[BATCH_SIZE])
+        now_ms = int(now_ms)
+        if leader != self.lease.value:
+            self.lease.deposed(str(leader))
+            return POLL_SECONDS
+        if version != self.version:
+            self._reload(now_ms, str(version))
+        due = [(str(flat_due[i]), int(float(flat_due[i + 1]))) for i in range(0, len(flat_due), 2)]
+        upcoming = [int(float(next_ms))] if next_ms != "" else []
+        if due:
+            upcoming += self._send_due(due, now_ms, polled_at)
+        self._write_stats()
+        if len(due) >= BATCH_SIZE:
+            return 0.0
+        elapsed_ms = (time.monotonic() - polled_at) * 1000
+        wait_ms = min(upcoming, default=now_ms + POLL_SECONDS * 1000) - now_ms - elapsed_ms
+        return min(POLL_SECONDS, wait_ms / 1000)
+
+    def _send_due(self, due: Sequence[tuple[str, int]], now_ms: int,
+                  polled_at: float) -> list[int]:
+        """Plan, advance (fenced) and send the ticks of every service in ``due``; returns the
+        new due times."""
+        changes: list[Change] = []
+        plans: dict[str, tuple[Resolved, list[int], int, int]] = {}
+        for name, due_ms in due:
+            resolved = self.resolved.get(name)
+            if resolved is None:  # no longer registered
+                changes.append((name, due_ms, "", ""))
+                continue
+            ticks, following = resolved.schedule.plan(name, due_ms, now_ms)
+            changes.append((name, due_ms, following, ""))
+            plans[name] = (resolved, ticks, following, due_ms)
+        advanced = self._advance(changes)
+        reverts: list[Change] = []
+        for name in advanced:
+            if name not in plans:
+                continue
+            resolved, ticks, following, due_ms = plans[name]
+            sent_ms = now_ms + int((time.monotonic() - polled_at) * 1000)
+            if not self._publish(name, resolved, ticks, following, sent_ms):
+                reverts.append((name, following, due_ms, ""))
+        if reverts:
+            self._advance(reverts)
+        return [plan[2] for plan in plans.values()]
+
+    def _publish(self, name: str, resolved: Resolved, ticks: list[int], following: int,
+                 sent_ms: int) -> bool:
+        """Send the ticks of one service; False when the broker could not take them."""
+        task = f"svc.{name}"
+        for fire_ms in ticks:
+            logger.info(SENDING, task, task)
+            try:
+                self.app.send_task(task, kwargs={"kind": "tick", "slot": fire_ms},
+                                   producer=self.producer, task_id=tick_id(name, fire_ms),
+                                   **tick_message_options(resolved, fire_ms, following))
+            except Exception as exc:  # the broker's error, or a bug: never stop the loop
+                cause = self._broker_error(exc)
+                if cause is None:
+                    logger.error("could not send %s: %s", task, exc, exc_info=True)
+                    continue
+                self.broker_outage.failed(f"{task} not sent (kept due): "
+                                          f"{type(cause).__name__}: {cause}")
+                return False
+            self.broker_outage.recovered()
+            self.lateness.add((sent_ms - fire_ms) / 1000)
+        return True
 
     def _broker_error(self, exc: BaseException) -> BaseException | None:
-        """The broker's connection error behind ``exc`` (Celery wraps it in a
-        SchedulingError), or None when the failure is not the broker's."""
         errors = (OperationalError, *self.connection.connection_errors)
         seen: BaseException | None = exc
         while seen is not None:
@@ -58,3 +177,72 @@ class OutageAwareScheduler(PersistentScheduler):
                 return seen
             seen = seen.__cause__ or seen.__context__
         return None
+
+    def _advance(self, changes: Sequence[Change]) -> list[str]:
+        """Apply due-time changes through the fenced script; [] (standing by) if deposed."""
+        changed: list[str] = []
+        keys = self.state.keys
+        for start in range(0, len(changes), BATCH_SIZE):
+            batch = changes[start:start + BATCH_SIZE]
+            flat = [part for change in batch for part in change]
+            with self.state.reaching():
+                reply = self.state.scripts.beat_advance(
+                    keys=[keys.beat_leader(), keys.due(), keys.due_signature()],
+                    args=[self.lease.value, len(batch), *flat])
+            if reply[0] == "deposed":
+                self.lease.deposed(str(reply[1]))
+                return []
+            changed += [str(name) for name in reply[1:]]
+        return changed
+
+    # -- reloading the schedule ------------------------------------------------------------
+
+    def _reload(self, now_ms: int, version: str) -> None:
+        """Read registrations and overrides again, and schedule what is new or changed."""
+        registrations = self.state.registered()
+        if not registrations and self.registrations:
+            # Redis lost its data: put back what workers had registered, as they would.
+            logger.warning("beat: the registered services are gone from Redis (it lost its "
+                           "data?); registering the %d this Beat knew again",
+                           len(self.registrations))
+            self.state.register_services(self.registrations)
+            registrations = self.registrations
+        resolved = _resolve(self.store, registrations, self.resolved)
+        due = self.store.due_times()
+        with self.state.reaching():
+            signatures = self.state.client.hgetall(self.state.keys.due_signature())
+        changes: list[Change] = []
+        for name, entry in sorted(resolved.items()):
+            signature = entry.schedule.signature()
+            if name in due and signatures.get(name) == signature:
+                continue
+            first = entry.schedule.next_fire_ms(name, now_ms)
+            changes.append((name, due.get(name, ""), first, signature))
+            logger.info("beat: %s %s: %s; next tick at %.3f", name,
+                        "rescheduled" if name in due else "scheduled",
+                        entry.schedule.describe(), first / 1000)
+        changes += [(name, due_ms, "", "") for name, due_ms in due.items() if name not in resolved]
+        self._advance(changes)
+        self.resolved, self.registrations, self.version = resolved, registrations, version
+
+    def _write_stats(self) -> None:
+        if time.monotonic() - self.stats_at < STATS_EVERY_SECONDS:
+            return
+        self.stats_at = time.monotonic()
+        stats = {"leader": self.lease.value, "services": len(self.resolved),
+                 **self.lateness.summary()}
+        key = self.state.keys.beat_stats()
+        with self.state.reaching(), self.state.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping={**stats, "updated_at": f"{time.time():.3f}"})
+            pipe.expire(key, STATS_TTL_SECONDS)
+            pipe.execute()
+
+
+def _resolve(store: ScheduleStore, registrations: dict[str, dict[str, Any]],
+             before: dict[str, Resolved]) -> dict[str, Resolved]:
+    resolved = resolve_all(registrations, store.overrides())
+    for name, entry in resolved.items():
+        previous = before.get(name)
+        if entry.problem and (previous is None or previous.problem != entry.problem):
+            logger.error("beat: %s: %s", name, entry.problem)
+    return resolved

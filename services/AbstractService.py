@@ -50,6 +50,18 @@ class AbstractService(ABC):
     stop_cooldown_seconds: float = 0.0
     """After ``max_failures`` stopped the service, one probe run every this many seconds; a
     probe that succeeds starts the service again. 0 (the default): stay stopped."""
+    cron: ClassVar[str | None] = None
+    """A cron expression (``"0 3 * * *"``): ticks follow it, in ``timezone``, instead of
+    ``interval_seconds``. See docs/scheduling.md."""
+    timezone: ClassVar[str] = "UTC"
+    """The IANA time zone a ``cron`` expression is read in (``"Europe/Berlin"``)."""
+    jitter_seconds: ClassVar[float] = 0.0
+    """Each tick is delayed by a stable amount below this, so that many services on one cron
+    line do not all start in the same second."""
+    catchup: ClassVar[str] = "latest"
+    """Ticks missed while no Beat ran: ``latest`` (one run now, if the newest missed slot is
+    within ``catchup_window_seconds``), ``skip`` (wait for the next slot) or ``all``."""
+    catchup_window_seconds: ClassVar[float] = 3600.0
     queue: ClassVar[str | None] = None
     """The Celery queue this service's task goes to; default: Celery's default queue."""
 

@@ -12,6 +12,15 @@ from typing import Any
 
 from services.errors import ServiceConfigError
 from services.keys import validate_name
+from services.schedule import (
+    DEFAULT_CATCHUP,
+    DEFAULT_CATCHUP_WINDOW_SECONDS,
+    DEFAULT_TIMEZONE,
+    MAX_SECONDS,
+    MIN_INTERVAL_SECONDS,
+    Schedule,
+    ScheduleError,
+)
 from services.settings import service_overrides
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -20,9 +29,6 @@ _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 # processes by mistake, whatever their phase, never run a service more than 4/3 as often.
 MAX_TICK_SLACK_SECONDS = 1.0
 TICK_SLACK_FRACTION = 0.25
-# Below this Beat spends its time sending ticks (0.001 s measured 68% CPU and 629 ticks/s for
-# one service) and starves every other service; nothing periodic needs more than 10 runs/s.
-MIN_INTERVAL_SECONDS = 0.1
 # A run's default time limit: five minutes, or one interval when that is longer, so that no
 # service that finishes within its own period is cut off.
 DEFAULT_TIMEOUT_SECONDS = 300.0
@@ -66,6 +72,21 @@ class ServiceConfig:
     stop_cooldown_seconds: float = 0.0
     """After a stop by max_failures, one probe run every this many seconds; 0: off."""
     queue: str | None = None
+    cron: str | None = None
+    """A cron expression; when set, ticks follow it instead of ``interval_seconds``."""
+    timezone: str = DEFAULT_TIMEZONE
+    jitter_seconds: float = 0.0
+    catchup: str = DEFAULT_CATCHUP
+    catchup_window_seconds: float = DEFAULT_CATCHUP_WINDOW_SECONDS
+
+    @property
+    def schedule(self) -> Schedule:
+        """The schedule from code and environment (a live override may still replace it:
+        ``services.schedule.effective``)."""
+        return Schedule(
+            every_seconds=None if self.cron else self.interval_seconds, cron=self.cron,
+            timezone=self.timezone, jitter_seconds=self.jitter_seconds, catchup=self.catchup,
+            catchup_window_seconds=self.catchup_window_seconds)
 
     @property
     def tick_gap_seconds(self) -> float:
@@ -85,10 +106,13 @@ _RULES: dict[str, tuple[type, float, bool, str]] = {
     "max_concurrent_runs": (int, 1, True, "a whole number >= 1"),
     "timeout_seconds": (float, 0, False, "a number > 0 and at most 1e9"),
     "stop_cooldown_seconds": (float, 0, True, "a number >= 0 (0: off) and at most 1e9"),
+    "jitter_seconds": (float, 0, True, "a number >= 0 and at most 86400"),
+    "catchup_window_seconds": (float, 0, True, "a number >= 0 and at most 1e9"),
 }
-# About 31 years: anything longer is a typo, and would overflow Beat's timedelta and
-# Celery's countdown far from where the value was set.
-MAX_SECONDS = 1e9
+_RULE_DEFAULTS = {"jitter_seconds": 0.0,
+                  "catchup_window_seconds": DEFAULT_CATCHUP_WINDOW_SECONDS}
+# Text fields of the schedule, checked by services.schedule.check.
+_SCHEDULE_TEXT = ("cron", "timezone", "catchup")
 
 
 def resolve_config(
@@ -109,18 +133,42 @@ def resolve_config(
     values: dict[str, Any] = {}
     for field in _RULES:
         source = f"{cls.__qualname__}.{field}"
-        raw: Any = getattr(cls, field, None)
+        raw: Any = getattr(cls, field, _RULE_DEFAULTS.get(field))
         if explicit and explicit.get(field) is not None:
             raw, source = explicit[field], f"argument {field}"
         values[field] = (raw, source)
     for field, (var, text) in service_overrides(name, environ).items():
-        values[field] = (text, var)
+        if field in _RULES:
+            values[field] = (text, var)
     if values["timeout_seconds"][0] is None:
         interval = _check(name, "interval_seconds", *values["interval_seconds"])
         values["timeout_seconds"] = (max(DEFAULT_TIMEOUT_SECONDS, interval), "the default")
     checked = {field: _check(name, field, raw, source) for field, (raw, source) in values.items()}
     queue = (explicit or {}).get("queue") or getattr(cls, "queue", None)
-    return ServiceConfig(name=name, queue=queue, **checked)
+    config = ServiceConfig(name=name, queue=queue, **checked, **_schedule_text(cls, name, environ))
+    try:
+        config.schedule  # noqa: B018  # validates cron, time zone and policy together
+    except ScheduleError as exc:
+        raise ServiceConfigError(f"service {name!r}: {exc}") from None
+    return config
+
+
+def _schedule_text(cls: type, name: str, environ: Mapping[str, str] | None) -> dict[str, Any]:
+    """cron, timezone and catchup: class attributes, then the environment. An interval set in
+    the environment replaces a cron expression set in the class."""
+    found: dict[str, Any] = {field: getattr(cls, field, None) for field in _SCHEDULE_TEXT}
+    env = service_overrides(name, environ)
+    for field in _SCHEDULE_TEXT:
+        if field in env:
+            found[field] = env[field][1].strip() or None
+    if "interval_seconds" in env and "cron" not in env:
+        found["cron"] = None
+    for field, value in found.items():
+        if value is not None and not isinstance(value, str):
+            raise ServiceConfigError(f"service {name!r}: {field} must be text, got {value!r}")
+    found["timezone"] = found["timezone"] or DEFAULT_TIMEZONE
+    found["catchup"] = found["catchup"] or DEFAULT_CATCHUP
+    return found
 
 
 def _check(name: str, field: str, raw: Any, source: str) -> float | int:

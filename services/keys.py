@@ -12,6 +12,14 @@ Layout (``<p>`` is ``SVC_KEY_PREFIX``, default ``svc``):
 - ``<p>:_services``       hash: name -> JSON of the service's settings, written by workers
 - ``<p>:_epoch``          hash: ``id`` of this store's life, ``created_at``; after Redis lost
   its data also ``lost_at``, ``lost_epoch``, ``detected_by`` (see services/durability.py)
+- ``<p>:_schedules``      hash: name -> JSON of a live schedule override (``svc schedule``)
+- ``<p>:_schedules:version`` counter: bumped by every override and every registration, so
+  that Beat reloads within one poll
+- ``<p>:_due``            sorted set: name -> next due time (ms) of each scheduled service
+- ``<p>:_due:signature``  hash: name -> the schedule that due time was computed from
+- ``<p>:_beat:leader``    string ``<fence> <host:pid:nonce>``, expiring: the leader Beat's lease
+- ``<p>:_beat:fence``     counter: the fencing token of the newest leader
+- ``<p>:_beat:stats``     hash: the leader's numbers (ticks sent, lateness p50/p99/max, when)
 - ``<p>:outbox:<stream>`` stream: messages the outbox dispatcher delivered
 - ``<p>:outbox:<stream>:delivered`` sorted set: message id -> delivery time (ms), so that a
   message is added to the stream at most once (trimmed after ``SVC_OUTBOX_DEDUPE_SECONDS``)
@@ -62,6 +70,27 @@ class Keys:
 
     def epoch(self) -> str:
         return f"{self.prefix}:_epoch"
+
+    def schedules(self) -> str:
+        return f"{self.prefix}:_schedules"
+
+    def schedule_version(self) -> str:
+        return f"{self.prefix}:_schedules:version"
+
+    def due(self) -> str:
+        return f"{self.prefix}:_due"
+
+    def due_signature(self) -> str:
+        return f"{self.prefix}:_due:signature"
+
+    def beat_leader(self) -> str:
+        return f"{self.prefix}:_beat:leader"
+
+    def beat_fence(self) -> str:
+        return f"{self.prefix}:_beat:fence"
+
+    def beat_stats(self) -> str:
+        return f"{self.prefix}:_beat:stats"
 
     def for_service(self, name: str) -> tuple[str, str, str, str, str, str]:
         """state, lease, history, inflight, audit and epoch: the keys both run scripts take,

@@ -76,19 +76,21 @@ def describe(error: BaseException) -> str:
 
 
 async def run_once(service: AbstractService, kind: str, keeper: LeaseKeeper,
-                   limit_errors: tuple[type[BaseException], ...] = ()) -> RunReport:
+                   limit_errors: tuple[type[BaseException], ...] = (),
+                   slot_ms: int | None = None) -> RunReport:
     """Guard, run ``update()`` on this loop under its time limits, record the outcome. Never
     raises for a failing ``update()``: the failure is recorded and reported. Raises only for
     the process's own shutdown (after recording the run as ``interrupted``).
 
     ``limit_errors``: exceptions a host raises for its own time limit (Celery's
-    ``SoftTimeLimitExceeded``): such a run is a ``timeout`` too."""
+    ``SoftTimeLimitExceeded``): such a run is a ``timeout`` too. ``slot_ms``: the due time a
+    Beat tick carries (see ``StateStore.begin``)."""
     store = service.state
     with logs.bound(service.name):
         decision = store.begin(
             service.name, kind=kind, max_runs=service.max_concurrent_runs,
             tick_gap_seconds=tick_gap(service.interval_seconds),
-            cooldown_seconds=service.stop_cooldown_seconds)
+            cooldown_seconds=service.stop_cooldown_seconds, slot_ms=slot_ms)
         _log_decision(store.keys.state(service.name), decision)
         if decision.ticket is None:
             return RunReport(decision)

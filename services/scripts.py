@@ -33,6 +33,9 @@ class Scripts:
     renew_lease: Script
     control: Script
     restore_state: Script
+    beat_lease: Script
+    beat_poll: Script
+    beat_advance: Script
 
     @classmethod
     def register(cls, client: Redis) -> Scripts:
@@ -42,6 +45,9 @@ class Scripts:
             renew_lease=client.register_script(_source("renew_lease")),
             control=client.register_script(_source("control")),
             restore_state=client.register_script(_source("restore_state")),
+            beat_lease=client.register_script(_source("beat_lease")),
+            beat_poll=client.register_script(_source("beat_poll")),
+            beat_advance=client.register_script(_source("beat_advance")),
         )
 
 

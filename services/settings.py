@@ -27,6 +27,11 @@ SERVICE_OVERRIDE_FIELDS = (
     "max_concurrent_runs",
     "timeout_seconds",
     "stop_cooldown_seconds",
+    "cron",
+    "timezone",
+    "jitter_seconds",
+    "catchup",
+    "catchup_window_seconds",
 )
 _QUERY_PASSWORD = re.compile(r"(?i)((?:^|&)password=)[^&]*")
 # No ':' in a prefix: keys are "<prefix>:<name>..." and names hold no ':', so a prefix ends at
@@ -60,6 +65,10 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, ge=MIN_LEASE_SECONDS, le=86400)
     """SVC_LEASE_SECONDS: lease time; a crashed run frees its service within this. At least
     1 s: the lease is renewed every third of it, and a renewal must have time to arrive."""
+    beat_lease_seconds: float = Field(10.0, ge=MIN_LEASE_SECONDS, le=3600)
+    """SVC_BEAT_LEASE_SECONDS: the leader Beat's lease; a standby takes over at most this
+    long (plus one poll) after the leader died or froze, and within one poll of a graceful
+    stop."""
     hard_limit_grace_seconds: float = Field(10.0, gt=0, le=3600)
     """SVC_HARD_LIMIT_GRACE_SECONDS: how long after a run's ``timeout_seconds`` (the soft
     limit, which cancels ``update()``) the hard limit replaces a process whose run does not

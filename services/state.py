@@ -8,6 +8,7 @@ agree on leases, backoff and tick windows.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -162,7 +163,9 @@ class StateStore:
     def lease_seconds(self) -> float:
         return self.lease_ms / 1000
 
-    def _reaching(self) -> RedisErrors:
+    def reaching(self) -> RedisErrors:
+        """A context that turns Redis's errors into the framework's (for callers that send
+        their own commands on ``client``)."""
         return self._reaching_cm
 
     def _per_process(self) -> tuple[int, str, ScriptChannel]:
@@ -189,19 +192,22 @@ class StateStore:
     # -- runs ------------------------------------------------------------------------------
 
     def begin(self, name: str, *, kind: str, max_runs: int, tick_gap_seconds: float,
-              cooldown_seconds: float = 0.0) -> Decision:
+              cooldown_seconds: float = 0.0, slot_ms: int | None = None) -> Decision:
         """The guard: run now or not, and why not. On ``go`` the lease is held. A service held
-        after Redis lost its data is restored first if this process saw its flags."""
-        decision = self._guard(name, kind, max_runs, tick_gap_seconds, cooldown_seconds)
+        after Redis lost its data is restored first if this process saw its flags.
+        ``slot_ms``: a Beat tick's slot; each runs once, in order, instead of the gap check."""
+        guard = functools.partial(self._guard, name, kind, max_runs, tick_gap_seconds,
+                                  cooldown_seconds, slot_ms=slot_ms)
+        decision = guard()
         if decision.verdict == HELD:
             restored = self._restore(name, decision)
             if restored:
-                decision = self._guard(name, kind, max_runs, tick_gap_seconds, cooldown_seconds)
+                decision = guard()
                 decision = dataclasses.replace(decision, restored=restored)
         return decision
 
     def _guard(self, name: str, kind: str, max_runs: int, tick_gap_seconds: float,
-               cooldown_seconds: float) -> Decision:
+               cooldown_seconds: float, *, slot_ms: int | None) -> Decision:
         memory = self.memory
         with self._reaching_cm:
             # 48 random bits, as the first 12 hex digits of a uuid4 were, @ host:pid.
@@ -210,7 +216,8 @@ class StateStore:
                 self.scripts.begin_run, self.keys.for_service(name),
                 (token, self.lease_ms, max_runs, kind, int(tick_gap_seconds * 1000),
                  memory.epoch, durability.new_epoch_id(), int(cooldown_seconds * 1000),
-                 MAX_AHEAD_MS, self.history_length, memory.remembered(name)))
+                 MAX_AHEAD_MS, self.history_length, memory.remembered(name),
+                 "" if slot_ms is None else int(slot_ms)))
         memory.epoch = epoch
         memory.note(name, verdict, detail, int(now_ms))
         if verdict == HELD:
@@ -242,7 +249,7 @@ class StateStore:
         """Read the store's epoch (making one for a new store) into this process's memory.
         A worker's main process calls it before forking its pool."""
         key = self.keys.epoch()
-        with self._reaching():
+        with self.reaching():
             now_s, _ = self.client.time()
             self.client.hsetnx(key, "id", durability.new_epoch_id())
             self.client.hsetnx(key, "created_at", now_s * 1000)
@@ -254,7 +261,7 @@ class StateStore:
         """An operator's all-clear after a data loss: the loss moves to ``last_lost_at`` and
         services nobody restored are no longer held. Returns the epoch hash as it was."""
         key = self.keys.epoch()
-        with self._reaching():
+        with self.reaching():
             before = self.client.hgetall(key)
             if before.get("lost_at"):
                 with self.client.pipeline() as pipe:  # MULTI: all of it or nothing
@@ -266,7 +273,7 @@ class StateStore:
 
     def epoch_info(self) -> dict[str, str]:
         """The store's epoch hash: ``id``, ``created_at`` and, after a loss, ``lost_at``..."""
-        with self._reaching():
+        with self.reaching():
             return self.client.hgetall(self.keys.epoch())
 
     def finish(
@@ -315,7 +322,7 @@ class StateStore:
     def control(self, name: str, action: str, *, who: str, reason: str = "") -> dict[str, Any]:
         """pause, resume, stop, start or reset one service, recorded in its audit list."""
         validate_name(name)
-        with self._reaching():
+        with self.reaching():
             entry = self.scripts.control(
                 keys=[self.keys.state(name), self.keys.audit(name)],
                 args=[action, who, reason, self.audit_length],
@@ -325,14 +332,14 @@ class StateStore:
     def set_failures(self, name: str, failures: int) -> None:
         """Set the failure count; 0 also ends a backoff."""
         key = self.keys.state(name)
-        with self._reaching(), self.client.pipeline() as pipe:
+        with self.reaching(), self.client.pipeline() as pipe:
             pipe.hset(key, "failures", int(failures))
             if not failures:
                 pipe.hdel(key, "retry_at")
             pipe.execute()
 
     def failures(self, name: str) -> int:
-        with self._reaching():
+        with self.reaching():
             raw = self.client.hget(self.keys.state(name), "failures")
         try:
             value = float(raw or 0)
@@ -347,7 +354,7 @@ class StateStore:
     # -- reads ------------------------------------------------------------------------------
 
     def read(self, name: str) -> ServiceState:
-        with self._reaching():
+        with self.reaching():
             raw = self.client.hgetall(self.keys.state(name))
         state = ServiceState.from_hash(name, raw)
         if state.corrupt:
@@ -361,7 +368,7 @@ class StateStore:
         """``running`` or ``paused`` as every process sees it (an unreadable value is safe:
         paused, not running)."""
         default = flag == "running"
-        with self._reaching():
+        with self.reaching():
             raw = self.client.hget(self.keys.state(name), flag)
         parsed = parse_flag(raw, default)
         if parsed is None:
@@ -372,18 +379,18 @@ class StateStore:
         return parsed
 
     def history(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
-        with self._reaching():
+        with self.reaching():
             rows = self.client.lrange(self.keys.history(name), 0, max(limit, 1) - 1)
         return _json_rows(rows, self.keys.history(name))
 
     def audit(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
-        with self._reaching():
+        with self.reaching():
             rows = self.client.lrange(self.keys.audit(name), 0, max(limit, 1) - 1)
         return _json_rows(rows, self.keys.audit(name))
 
     def lease_holders(self, name: str) -> list[tuple[str, float]]:
         """``(token, expires_at)`` for every lease still held."""
-        with self._reaching():
+        with self.reaching():
             now_s, now_us = self.client.time()
             rows = self.client.zrangebyscore(
                 self.keys.lease(name), now_s * 1000 + now_us // 1000, "+inf", withscores=True)
@@ -391,12 +398,12 @@ class StateStore:
 
     def ping(self) -> None:
         """Fail now, with the URL (password hidden), if Redis is unreachable."""
-        with self._reaching():
+        with self.reaching():
             self.client.ping()
 
     def now(self) -> float:
         """The Redis server's clock, which every stored time uses."""
-        with self._reaching():
+        with self.reaching():
             seconds, micros = self.client.time()
         return seconds + micros / 1_000_000
 
@@ -405,12 +412,15 @@ class StateStore:
     def register_services(self, configs: Mapping[str, Mapping[str, Any]]) -> None:
         if not configs:
             return
-        with self._reaching():
-            self.client.hset(self.keys.index(), mapping={
+        with self.reaching(), self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.index(), mapping={
                 name: json.dumps(dict(cfg), sort_keys=True) for name, cfg in configs.items()})
+            # Beat reloads on a new version: a service new to the cluster is scheduled at once.
+            pipe.incr(self.keys.schedule_version())
+            pipe.execute()
 
     def registered(self) -> dict[str, dict[str, Any]]:
-        with self._reaching():
+        with self.reaching():
             raw = self.client.hgetall(self.keys.index())
         found = {}
         for name, text in raw.items():

@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
-from beat_schedule import build_routes, build_schedule, service_queues
+from beat_schedule import build_routes, service_queues
 from services import logs
 from services.durability import persistence_warnings
 from services.errors import ServiceConfigError, StateUnavailableError
@@ -58,10 +58,9 @@ app.conf.update(
     worker_max_memory_per_child=memory.cap_kib(settings),
     # Refuses a message whose task name is not a string: it fails before any task's checks.
     worker_consumer="worker.messages:CheckedConsumer",
-    beat_schedule=build_schedule(registry),
-    beat_schedule_filename=str(Path("var") / "celerybeat-schedule"),
-    # A broker outage is logged once (then a reminder every 30 s), not a traceback per tick.
-    beat_scheduler="beat_schedule.scheduler:OutageAwareScheduler",
+    # The schedule lives in Redis: one leader Beat (any number may run), live changes, cron,
+    # catch-up; an outage is logged once. The app's own beat_schedule (empty here) still runs.
+    beat_scheduler="beat_schedule.scheduler:RedisScheduler",
     task_routes=build_routes(registry),
     # A plain `celery -A worker worker` consumes the default queue and every queue a service
     # names (otherwise such a service would never run); `-Q` still picks a subset.
@@ -71,7 +70,7 @@ app.conf.update(
     enable_utc=True,
 )
 register_tasks(app, registry)
-# Beat keeps its schedule file under var/ (relative to where it runs), like the SQLite default.
+# var/ (relative to where a process runs) holds the default SQLite database.
 Path("var").mkdir(exist_ok=True)
 
 
@@ -111,13 +110,6 @@ def _announce(**_: Any) -> None:
     for error in registry.errors:
         logger.error("service not loaded: %s", error)
     logger.info("services: %s", ", ".join(registry.names()) or "(none)")
-
-
-@signals.beat_init.connect
-def _prepare_beat(**_: Any) -> None:
-    logger.info("beat schedule: %s", {
-        name: f"every {entry['schedule'].total_seconds()}s"
-        for name, entry in app.conf.beat_schedule.items()})
 
 
 @signals.worker_ready.connect

@@ -23,6 +23,7 @@ from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 
+from services.fields import LATEST_TIME
 from services.runner import KINDS
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -139,12 +140,22 @@ def _check_embed(embed: dict[str, Any]) -> None:
                                    f"expected {expected.__name__}")
 
 
+# The year 3000 in epoch milliseconds (services.fields.LATEST_TIME).
+MAX_SLOT_MS = int(LATEST_TIME * 1000)
+
+
 def _check_service_call(args: list[Any], kwargs: dict[str, Any]) -> None:
     if args:
         raise InvalidTaskError(f"a service task takes no positional arguments, got {len(args)}")
-    unknown = sorted(str(key) for key in kwargs if key != "kind")
+    unknown = sorted(str(key) for key in kwargs if key not in ("kind", "slot"))
     if unknown:
-        raise InvalidTaskError(f"a service task takes only 'kind', got {_short(unknown)}")
+        raise InvalidTaskError(f"a service task takes only 'kind' and 'slot', "
+                               f"got {_short(unknown)}")
+    slot = kwargs.get("slot")
+    if slot is not None and (isinstance(slot, bool) or not isinstance(slot, int)
+                             or not 0 <= slot <= MAX_SLOT_MS):
+        raise InvalidTaskError(f"slot must be a due time in epoch milliseconds, "
+                               f"got {_short(slot)}")
     kind = kwargs.get("kind", "tick")
     if kind not in KINDS:
         raise InvalidTaskError(f"kind must be one of {', '.join(KINDS)}, got {_short(kind)}")

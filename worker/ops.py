@@ -286,7 +286,7 @@ class Operator:
                 for key, kind in service_keys(keys, name, "state", "lease", "history").items()}
         read[keys.epoch()] = "epoch"
         # The store's own guard, so a failure reads like every other: URL, password hidden.
-        with naming(self.store, read), self.store._reaching(), \
+        with naming(self.store, read), self.store.reaching(), \
                 self.store.client.pipeline(transaction=False) as pipe:
             pipe.time()
             pipe.hgetall(keys.epoch())

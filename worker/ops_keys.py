@@ -48,7 +48,7 @@ def service_keys(keys: Keys, name: str, *kinds: str) -> dict[str, str]:
 def wrong_types(store: StateStore, expected: dict[str, str]) -> list[str]:
     """One line for each key of ``expected`` (key -> kind) whose type is wrong; a missing key
     is fine (it means the defaults)."""
-    with store._reaching(), store.client.pipeline(transaction=False) as pipe:
+    with store.reaching(), store.client.pipeline(transaction=False) as pipe:
         for key in expected:
             pipe.type(key)
         found = pipe.execute()
@@ -88,7 +88,7 @@ class Index:
 
 def read_index(store: StateStore) -> Index:
     key = store.keys.index()
-    with naming(store, {key: "index"}), store._reaching():
+    with naming(store, {key: "index"}), store.reaching():
         raw = store.client.hgetall(key)
     index = Index()
     for name, text in sorted(raw.items()):

@@ -91,14 +91,14 @@ class ProcessRuntime:
                     logger.exception("_configure_service() failed; will try again at the next "
                                      "tick")
 
-    def run(self, name: str, kind: str) -> RunReport:
+    def run(self, name: str, kind: str, slot_ms: int | None = None) -> RunReport:
         """Run one attempt of ``name`` to completion on this process's loop."""
         if threading.get_ident() != self.thread:
             raise RuntimeError(
                 "services run on one event loop per worker process: use the prefork or solo "
                 "pool (celery worker -P prefork|solo), not threads, gevent or eventlet")
         service = self.service(name)
-        run = self.loop.create_task(run_once(service, kind, self.keeper, LIMIT_ERRORS))
+        run = self.loop.create_task(run_once(service, kind, self.keeper, LIMIT_ERRORS, slot_ms))
         while True:
             try:
                 return self.loop.run_until_complete(run)

@@ -35,8 +35,8 @@ def register_tasks(app: Celery, registry: Registry) -> None:
 
 
 def _task_body(registry: Registry, name: str) -> Any:
-    def run_service(task: Task, kind: str = "tick") -> str:
-        return execute(task, registry, name, kind)
+    def run_service(task: Task, kind: str = "tick", slot: int | None = None) -> str:
+        return execute(task, registry, name, kind, slot)
 
     identifier = name.replace(".", "_").replace("-", "_")
     run_service.__name__ = run_service.__qualname__ = f"run_{identifier}"
@@ -44,13 +44,14 @@ def _task_body(registry: Registry, name: str) -> Any:
     return run_service
 
 
-def execute(task: Task, registry: Registry, name: str, kind: str) -> str:
+def execute(task: Task, registry: Registry, name: str, kind: str,
+            slot: int | None = None) -> str:
     if kind not in KINDS:
         raise ValueError(f"task {task.name}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if task.request.retries:
         kind = "retry"
     try:
-        report = runtime.current(registry).run(name, kind)
+        report = runtime.current(registry).run(name, kind, slot)
     except StateUnavailableError as exc:
         # Logged once per outage (then a reminder every 30 s), not a traceback per tick;
         # the next tick after Redis is back runs normally.

@@ -21,6 +21,9 @@
 -- ARGV[10] history_len    how many runs the history keeps
 -- ARGV[11] remembered     'paused' | 'stopped' | '': this service as this process last saw it
 --                         (after a loss, a remembered pause or stop is merged in: it wins)
+-- ARGV[12] slot_ms        a Beat tick's due time ('' for none): Beat stamps every tick with
+--                         its slot from the effective schedule; each slot runs at most once
+--                         and in order, so the schedule alone sets the rate (no gap check)
 --
 -- Returns {verdict, detail, now_ms, warnings, epoch, kind}
 --   go               detail = run sequence number (fencing token); kind = the run's kind
@@ -30,7 +33,8 @@
 --   held             detail = lost_at (ms): Redis lost its data and nobody has restored or
 --                    confirmed this service's state since; nothing runs until then
 --   backoff          detail = retry_at (epoch seconds) after a failure
---   duplicate        detail = last_tick_at (ms): another tick already ran in this window
+--   duplicate        detail = last_tick_at (ms): another tick already ran in this window, or
+--                    last_slot (ms): this tick's slot, or a later one, already ran
 --   nothing_to_retry detail = '': a retry whose failure a later success already cleared
 --   leased           detail = comma-separated tokens holding every lease
 --   corrupt          detail = 'field=value': a flag Redis holds is not a flag; nothing runs
@@ -103,7 +107,7 @@ if known_epoch ~= '' and known_epoch ~= epoch and known_epoch ~= e[3] then
 end
 
 local h = redis.call('HMGET', KEYS[1], 'running', 'paused', 'retry_at', 'last_tick_at',
-  'failures', 'runs', 'stop_reason', 'stopped_by', 'stopped_at', 'epoch', 'change')
+  'failures', 'runs', 'stop_reason', 'stopped_by', 'stopped_at', 'epoch', 'change', 'last_slot')
 -- After a loss, a service runs only once its state was restored (by a worker that saw it)
 -- or an operator acted on it: the safe reading is "may have been paused or stopped".
 if lost_at and h[10] ~= epoch and not h[11] then
@@ -152,7 +156,17 @@ if last_tick and last_tick > now + tick_gap then
   table.insert(warnings, 'last_tick_at=' .. h[4])
   last_tick = nil
 end
-if (kind == 'tick' or kind == 'loop') and last_tick and now - last_tick < tick_gap then
+local slot = tonumber(ARGV[12])
+local last_slot = number('last_slot', h[12])
+if last_slot and last_slot > now + max_ahead then
+  table.insert(warnings, 'last_slot=' .. h[12])
+  last_slot = nil
+end
+if kind == 'tick' and slot then
+  if last_slot and slot <= last_slot then
+    return {'duplicate', h[12], now, warnings, epoch, kind}
+  end
+elseif (kind == 'tick' or kind == 'loop') and last_tick and now - last_tick < tick_gap then
   return {'duplicate', h[4], now, warnings, epoch, kind}
 end
 local failures = number('failures', h[5]) or 0
@@ -176,6 +190,7 @@ local started = string.format('%.3f', now / 1000)
 redis.call('HSET', KEYS[1], 'runs', seq, 'last_started_at', started, 'last_run_id', token)
 if kind == 'tick' or kind == 'loop' then
   redis.call('HSET', KEYS[1], 'last_tick_at', now)
+  if slot then redis.call('HSET', KEYS[1], 'last_slot', slot) end
 elseif probe then
   -- One probe per cooldown, however many ticks arrive at once.
   redis.call('HSET', KEYS[1], 'stopped_at', started)

@@ -1,0 +1,168 @@
+"""The schedule's Redis side, shared by Beat and ``svc``: live overrides (audited), the
+registrations they apply to, due times and the leader Beat's numbers.
+
+The effective schedule of every service is :func:`resolve_all` of what workers registered
+(code and environment) and the live overrides, through ``services.schedule.effective``; Beat
+schedules from it and ``svc`` shows it, so neither can disagree with the other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from services.errors import ServiceConfigError
+from services.keys import validate_name
+from services.schedule import OVERRIDE_FIELDS, Schedule, ScheduleError, effective, from_registration
+from services.state import StateStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One service's effective schedule and where its ticks go."""
+
+    schedule: Schedule
+    queue: str | None
+    problem: str = ""
+    """Why a live override in Redis was ignored ('' when none was)."""
+
+
+def resolve_all(registrations: Mapping[str, Mapping[str, Any]],
+                overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Resolved]:
+    """The effective schedule of every registered service. A registration that cannot be read
+    is left out; an override that cannot be applied is ignored, and says why."""
+    found: dict[str, Resolved] = {}
+    for name, registration in registrations.items():
+        try:
+            base = from_registration(registration)
+        except (ScheduleError, KeyError, TypeError, ValueError) as exc:
+            logger.error("%s: its registration holds no usable schedule (%s); not scheduled",
+                         name, exc)
+            continue
+        queue = registration.get("queue") or None
+        override = overrides.get(name)
+        try:
+            found[name] = Resolved(effective(base, override), queue)
+        except (ScheduleError, TypeError, ValueError) as exc:
+            found[name] = Resolved(base, queue, f"live override {override!r} ignored: {exc}")
+    return found
+
+
+class ScheduleStore:
+    """Reads and writes of the schedule keys (``services.keys``) over a state store's client."""
+
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+        self.client = state.client
+        self.keys = state.keys
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        with self.state.reaching():
+            raw = self.client.hgetall(self.keys.schedules())
+        return {name: parsed for name, text in raw.items()
+                if (parsed := _json_object(self.keys.schedules(), name, text)) is not None}
+
+    def resolved(self) -> dict[str, Resolved]:
+        """Every registered service's effective schedule."""
+        return resolve_all(self.state.registered(), self.overrides())
+
+    def due_times(self) -> dict[str, int]:
+        """name -> next due time (ms) as the leader Beat keeps it: the true next tick."""
+        with self.state.reaching():
+            rows = self.client.zrange(self.keys.due(), 0, -1, withscores=True)
+        return {name: int(score) for name, score in rows}
+
+    def due_time(self, name: str) -> int | None:
+        with self.state.reaching():
+            score = self.client.zscore(self.keys.due(), name)
+        return None if score is None else int(score)
+
+    def version(self) -> str:
+        with self.state.reaching():
+            return str(self.client.get(self.keys.schedule_version()) or "0")
+
+    def beat_stats(self) -> dict[str, str]:
+        """The leader Beat's numbers: ``leader``, ``ticks_sent``, ``lateness_p50``,
+        ``lateness_p99``, ``lateness_max`` (seconds, over the last minute), ``updated_at``."""
+        with self.state.reaching():
+            return dict(self.client.hgetall(self.keys.beat_stats()))
+
+    def leader(self) -> str:
+        """The leader Beat's lease value (``<fence> <host:pid:nonce>``), '' when none."""
+        with self.state.reaching():
+            return str(self.client.get(self.keys.beat_leader()) or "")
+
+    # -- live changes ----------------------------------------------------------------------
+
+    def set_override(self, name: str, changes: Mapping[str, Any], *, who: str,
+                     reason: str = "") -> tuple[Schedule, dict[str, Any]]:
+        """Merge ``changes`` (fields of ``OVERRIDE_FIELDS``) into the service's live override.
+        Raises :class:`ServiceConfigError` for a service no worker registered or a schedule
+        that cannot run; nothing is written then. Returns the new effective schedule and the
+        audit entry."""
+        base, current = self._base_and_override(name)
+        unknown = sorted(set(changes) - set(OVERRIDE_FIELDS))
+        if unknown:
+            raise ServiceConfigError(f"schedule fields {unknown} are not settable; expected "
+                                     f"some of {', '.join(OVERRIDE_FIELDS)}")
+        merged = {**current, **{k: v for k, v in changes.items() if v is not None}}
+        if changes.get("every_seconds") is not None:
+            merged.pop("cron", None)
+        elif changes.get("cron") is not None:
+            merged.pop("every_seconds", None)
+        try:
+            schedule = effective(base, merged)
+        except ScheduleError as exc:
+            raise ServiceConfigError(f"service {name!r}: {exc}") from None
+        entry = self._write(name, json.dumps(merged, sort_keys=True), "schedule", schedule,
+                            who=who, reason=reason)
+        return schedule, entry
+
+    def reset(self, name: str, *, who: str, reason: str = "") -> tuple[Schedule, dict[str, Any]]:
+        """Drop the live override: back to code and environment."""
+        base, _ = self._base_and_override(name)
+        return base, self._write(name, None, "schedule-reset", base, who=who, reason=reason)
+
+    def _base_and_override(self, name: str) -> tuple[Schedule, dict[str, Any]]:
+        validate_name(name)
+        registration = self.state.registered().get(name)
+        if registration is None:
+            raise ServiceConfigError(
+                f"no worker has registered a service named {name!r}: start a worker that "
+                "runs it first (svc list shows the registered ones)")
+        return from_registration(registration), self.overrides().get(name, {})
+
+    def _write(self, name: str, override: str | None, action: str, schedule: Schedule, *,
+               who: str, reason: str) -> dict[str, Any]:
+        with self.state.reaching():
+            seconds, micros = self.client.time()
+            entry = {"action": action, "by": who, "at": seconds + micros / 1e6,
+                     "reason": reason, "schedule": schedule.describe()}
+            with self.client.pipeline(transaction=True) as pipe:
+                if override is None:
+                    pipe.hdel(self.keys.schedules(), name)
+                else:
+                    pipe.hset(self.keys.schedules(), name, override)
+                pipe.lpush(self.keys.audit(name), json.dumps(entry))
+                pipe.ltrim(self.keys.audit(name), 0, self.state.audit_length - 1)
+                pipe.incr(self.keys.schedule_version())
+                pipe.execute()
+        return entry
+
+
+def _json_object(key: str, name: str, text: str) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        logger.error("%s holds %r for %r, not a JSON object; ignoring it", key, text[:200], name)
+        return None
+    return parsed
