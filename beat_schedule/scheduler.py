@@ -9,7 +9,8 @@ every service due now (``beat_poll.lua``, a range query on the due sorted set: n
 every entry); the catch-up policy (``Schedule.plan``) decides which ticks to send; one
 round trip advances the due times, fenced by the lease (``beat_advance.lua``); then the
 ticks go out on one producer. A tick the broker refused puts its due time back, so it goes
-out once the broker is back, by the catch-up policy, and is never lost to the outage.
+out once the broker is back, by the catch-up policy, and is never lost to the outage; while
+the broker is away, one send is tried per pass and the outage is logged once.
 
 A standby polls every ``POLL_SECONDS``; the leader also reloads within one poll when the
 schedule's version changes (a live change, a new registration). User entries in the app's
@@ -41,7 +42,8 @@ POLL_SECONDS = 0.5
 BATCH_SIZE = 1000
 STATS_EVERY_SECONDS = 2.0
 STATS_TTL_SECONDS = 300
-SENDING = "Scheduler: Sending due task %s (%s)"  # Celery's own line, which tests and ops grep
+# Celery's own line (which ops grep), and the tick's id; logged once the broker took the tick.
+SENDING = "Scheduler: Sending due task %s (%s) as %s"
 Change = tuple[str, int | str, int | str, str]  # name, expected due, new due, signature
 
 
@@ -141,7 +143,9 @@ class RedisScheduler(Scheduler):
                 continue
             resolved, ticks, following, due_ms = plans[name]
             sent_ms = now_ms + int((time.monotonic() - polled_at) * 1000)
-            if not self._publish(name, resolved, ticks, following, sent_ms):
+            # Once the broker refused one tick, the rest of this pass is not even tried: one
+            # failed send per pass while it is away, not one per due service.
+            if reverts or not self._publish(name, resolved, ticks, following, sent_ms):
                 reverts.append((name, following, due_ms, ""))
         if reverts:
             self._advance(reverts)
@@ -152,10 +156,10 @@ class RedisScheduler(Scheduler):
         """Send the ticks of one service; False when the broker could not take them."""
         task = f"svc.{name}"
         for fire_ms in ticks:
-            logger.info(SENDING, task, task)
+            identifier = tick_id(name, fire_ms)
             try:
                 self.app.send_task(task, kwargs={"kind": "tick", "slot": fire_ms},
-                                   producer=self.producer, task_id=tick_id(name, fire_ms),
+                                   producer=self.producer, task_id=identifier,
                                    **tick_message_options(resolved, fire_ms, following))
             except Exception as exc:  # the broker's error, or a bug: never stop the loop
                 cause = self._broker_error(exc)
@@ -165,6 +169,7 @@ class RedisScheduler(Scheduler):
                 self.broker_outage.failed(f"{task} not sent (kept due): "
                                           f"{type(cause).__name__}: {cause}")
                 return False
+            logger.info(SENDING, task, task, identifier)
             self.broker_outage.recovered()
             self.lateness.add((sent_ms - fire_ms) / 1000)
         return True

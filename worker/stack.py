@@ -73,7 +73,7 @@ def process_commands(settings: Settings) -> dict[str, list[str]]:
     celery = [sys.executable, "-m", "celery", "-A", "worker"]
     return {
         "worker": [*celery, "worker", "-l", "INFO", "-c", "2"],
-        "beat": [*celery, "beat", "-l", "INFO", "-s", str(Path("var") / "celerybeat-schedule")],
+        "beat": [*celery, "beat", "-l", "INFO"],
         "flower": [*celery, "flower", f"--address={settings.flower_address}",
                    f"--port={settings.flower_port}"],
     }
