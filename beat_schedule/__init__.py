@@ -40,10 +40,11 @@ def tick_id(service_name: str, fire_ms: int) -> str:
     return f"tick:{service_name}@{fire_ms}"
 
 
-def tick_message_options(resolved: Resolved, fire_ms: int, following_ms: int) -> dict[str, Any]:
-    """``send_task`` options for a tick due at ``fire_ms``: it expires when the next one is due."""
+def tick_message_options(resolved: Resolved, sent_ms: int, following_ms: int) -> dict[str, Any]:
+    """``send_task`` options for a tick sent at ``sent_ms``: it expires when the service's
+    next tick is due (a replayed missed slot too), and at least 2 s after it was sent."""
     options: dict[str, Any] = {
-        "expires": max((following_ms - fire_ms) / 1000, MIN_TICK_EXPIRES_SECONDS)}
+        "expires": max((following_ms - sent_ms) / 1000, MIN_TICK_EXPIRES_SECONDS)}
     if resolved.queue:
         options["queue"] = resolved.queue
     return options

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from celery.beat import Scheduler
@@ -33,6 +34,7 @@ from beat_schedule.leader import BeatLease
 from beat_schedule.store import Resolved, ScheduleStore, resolve_all
 from services.errors import StateUnavailableError
 from services.outage import Outage
+from services.schedule import is_catchup
 from services.settings import get_settings, redact_url
 from services.state import StateStore
 
@@ -45,6 +47,20 @@ STATS_TTL_SECONDS = 300
 # Celery's own line (which ops grep), and the tick's id; logged once the broker took the tick.
 SENDING = "Scheduler: Sending due task %s (%s) as %s"
 Change = tuple[str, int | str, int | str, str]  # name, expected due, new due, signature
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What one pass sends for one due service."""
+
+    name: str
+    resolved: Resolved
+    ticks: list[int]
+    """Slots to send, oldest first (none: skipped by the catch-up policy)."""
+    due_ms: int
+    following_ms: int
+    kind: str
+    """``tick``, or ``catchup`` for replayed missed slots."""
 
 
 class RedisScheduler(Scheduler):
@@ -127,7 +143,7 @@ class RedisScheduler(Scheduler):
         """Plan, advance (fenced) and send the ticks of every service in ``due``; returns the
         new due times."""
         changes: list[Change] = []
-        plans: dict[str, tuple[Resolved, list[int], int, int]] = {}
+        plans: dict[str, Planned] = {}
         for name, due_ms in due:
             resolved = self.resolved.get(name)
             if resolved is None:  # no longer registered
@@ -135,32 +151,32 @@ class RedisScheduler(Scheduler):
                 continue
             ticks, following = resolved.schedule.plan(name, due_ms, now_ms)
             changes.append((name, due_ms, following, ""))
-            plans[name] = (resolved, ticks, following, due_ms)
+            kind = "catchup" if is_catchup(ticks, due_ms, now_ms) else "tick"
+            plans[name] = Planned(name, resolved, ticks, due_ms, following, kind)
         advanced = self._advance(changes)
         reverts: list[Change] = []
         for name in advanced:
-            if name not in plans:
+            plan = plans.get(name)
+            if plan is None:
                 continue
-            resolved, ticks, following, due_ms = plans[name]
             sent_ms = now_ms + int((time.monotonic() - polled_at) * 1000)
             # Once the broker refused one tick, the rest of this pass is not even tried: one
             # failed send per pass while it is away, not one per due service.
-            if reverts or not self._publish(name, resolved, ticks, following, sent_ms):
-                reverts.append((name, following, due_ms, ""))
+            if reverts or not self._publish(plan, sent_ms):
+                reverts.append((name, plan.following_ms, plan.due_ms, ""))
         if reverts:
             self._advance(reverts)
-        return [plan[2] for plan in plans.values()]
+        return [plan.following_ms for plan in plans.values()]
 
-    def _publish(self, name: str, resolved: Resolved, ticks: list[int], following: int,
-                 sent_ms: int) -> bool:
+    def _publish(self, plan: Planned, sent_ms: int) -> bool:
         """Send the ticks of one service; False when the broker could not take them."""
-        task = f"svc.{name}"
-        for fire_ms in ticks:
-            identifier = tick_id(name, fire_ms)
+        task = f"svc.{plan.name}"
+        options = tick_message_options(plan.resolved, sent_ms, plan.following_ms)
+        for fire_ms in plan.ticks:
+            identifier = tick_id(plan.name, fire_ms)
             try:
-                self.app.send_task(task, kwargs={"kind": "tick", "slot": fire_ms},
-                                   producer=self.producer, task_id=identifier,
-                                   **tick_message_options(resolved, fire_ms, following))
+                self.app.send_task(task, kwargs={"kind": plan.kind, "slot": fire_ms},
+                                   producer=self.producer, task_id=identifier, **options)
             except Exception as exc:  # the broker's error, or a bug: never stop the loop
                 cause = self._broker_error(exc)
                 if cause is None:

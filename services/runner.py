@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("services.runner")
 
-KINDS = ("tick", "loop", "retry", "trigger")
+# catchup: a Beat tick for a slot missed while no Beat ran (docs/scheduling.md).
+KINDS = ("tick", "catchup", "loop", "retry", "trigger")
 # How long the runner waits for the keeper thread to record a run it took at the hard limit.
 HARD_LIMIT_RECORD_WAIT_SECONDS = 30.0
 

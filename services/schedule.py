@@ -136,6 +136,12 @@ class Schedule:
         return ([newest] if in_window else []), following
 
 
+def is_catchup(ticks: list[int], due_ms: int, now_ms: int) -> bool:
+    """Whether ``plan``'s ticks replay missed slots (sent as kind ``catchup``) rather than
+    being the one on-time tick."""
+    return ticks != [due_ms] or now_ms - due_ms > ON_TIME_SECONDS * 1000
+
+
 def seconds_text(seconds: float) -> str:
     """``10s``, ``1.5s``, ``2m``, ``1h``, ``1d``: how ``svc`` prints and reads durations."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from beat_schedule import task_name, tick_expires
+from beat_schedule import MIN_TICK_EXPIRES_SECONDS, task_name, tick_expires
 from services import logs
 from services.errors import ServiceRunFailed, StateUnavailableError
 from services.outage import Outage
@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 # Celery's countdown runs on the worker's clock, retry_at on Redis's: a little slack keeps a
 # retry from arriving a hair before its backoff ends and being refused.
 RETRY_SLACK_SECONDS = 0.25
+# A catch-up tick (a replayed missed slot) that finds the service's previous run still holding
+# its lease waits for it instead of being dropped, as a tick would: `catchup = "all"` means
+# each missed slot runs. Asked again every second, for up to five minutes.
+CATCHUP_WAIT_SECONDS = 1.0
+CATCHUP_MAX_WAITS = 300
 _state_outage = Outage(logger, "service state (Redis)")
 
 
@@ -48,7 +53,7 @@ def execute(task: Task, registry: Registry, name: str, kind: str,
             slot: int | None = None) -> str:
     if kind not in KINDS:
         raise ValueError(f"task {task.name}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if task.request.retries:
+    if task.request.retries and kind != "catchup":
         kind = "retry"
     try:
         report = runtime.current(registry).run(name, kind, slot)
@@ -61,6 +66,10 @@ def execute(task: Task, registry: Registry, name: str, kind: str,
     _state_outage.recovered()
     if report.ticket is not None:
         logs.note_run_id(report.ticket.run_id)
+    if report.verdict == "leased" and kind == "catchup" \
+            and task.request.retries < CATCHUP_MAX_WAITS:
+        raise task.retry(countdown=CATCHUP_WAIT_SECONDS, max_retries=CATCHUP_MAX_WAITS,
+                         expires=CATCHUP_WAIT_SECONDS + MIN_TICK_EXPIRES_SECONDS)
     if report.failed:
         _retry_or_fail(task, registry, name, report)
     return report.summary()
@@ -81,4 +90,5 @@ def _retry_or_fail(task: Task, registry: Registry, name: str, report: RunReport)
     countdown = config.retry_delay_seconds + RETRY_SLACK_SECONDS
     with logs.bound(name, run_id):
         logger.info("retrying once in %.2fs", countdown)
-    raise task.retry(exc=failure, countdown=countdown, expires=countdown + tick_expires(config))
+    raise task.retry(exc=failure, countdown=countdown, kwargs={"kind": "retry"},
+                     expires=countdown + tick_expires(config))

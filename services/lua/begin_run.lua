@@ -12,7 +12,7 @@
 -- ARGV[1]  token          the run's token (run id @ worker); becomes the lease member
 -- ARGV[2]  lease_ms       how long the lease lasts unless renewed
 -- ARGV[3]  max_runs       max_concurrent_runs: how many leases may be held at once
--- ARGV[4]  kind           tick | loop | retry | trigger
+-- ARGV[4]  kind           tick | catchup | loop | retry | trigger (catchup: a missed slot)
 -- ARGV[5]  tick_gap_ms    a tick or loop run sooner than this after the last one is a duplicate
 -- ARGV[6]  known_epoch    the epoch id this process last saw ('' if none)
 -- ARGV[7]  new_epoch      the id to give the store if it has no epoch
@@ -162,7 +162,8 @@ if last_slot and last_slot > now + max_ahead then
   table.insert(warnings, 'last_slot=' .. h[12])
   last_slot = nil
 end
-if kind == 'tick' and slot then
+local ticking = kind == 'tick' or kind == 'catchup'
+if ticking and slot then
   if last_slot and slot <= last_slot then
     return {'duplicate', h[12], now, warnings, epoch, kind}
   end
@@ -188,7 +189,7 @@ redis.call('HSET', KEYS[4], token, now)
 local seq = (number('runs', h[6]) or 0) + 1
 local started = string.format('%.3f', now / 1000)
 redis.call('HSET', KEYS[1], 'runs', seq, 'last_started_at', started, 'last_run_id', token)
-if kind == 'tick' or kind == 'loop' then
+if ticking or kind == 'loop' then
   redis.call('HSET', KEYS[1], 'last_tick_at', now)
   if slot then redis.call('HSET', KEYS[1], 'last_slot', slot) end
 elseif probe then
