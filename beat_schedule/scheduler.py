@@ -174,8 +174,11 @@ class RedisScheduler(Scheduler):
         options = tick_message_options(plan.resolved, sent_ms, plan.following_ms)
         for fire_ms in plan.ticks:
             identifier = tick_id(plan.name, fire_ms)
+            arguments: dict[str, Any] = {"kind": plan.kind, "slot": fire_ms}
+            if plan.kind == "tick":  # the worker's duplicate window: this slot's period
+                arguments["next_slot"] = plan.following_ms
             try:
-                self.app.send_task(task, kwargs={"kind": plan.kind, "slot": fire_ms},
+                self.app.send_task(task, kwargs=arguments,
                                    producer=self.producer, task_id=identifier, **options)
             except Exception as exc:  # the broker's error, or a bug: never stop the loop
                 cause = self._broker_error(exc)

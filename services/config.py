@@ -20,23 +20,17 @@ from services.schedule import (
     MIN_INTERVAL_SECONDS,
     Schedule,
     ScheduleError,
+    tick_gap,
 )
 from services.settings import service_overrides
 
+# tick_gap and the bounds live in services.schedule; importable from here as before.
+__all__ = ["MAX_SECONDS", "MIN_INTERVAL_SECONDS", "ServiceConfig", "resolve_config", "tick_gap"]
+
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-# Ticks closer together than interval minus a slack are duplicates. The slack absorbs queueing
-# jitter between Beat and a worker; a quarter of the interval at most, so that two Beat
-# processes by mistake, whatever their phase, never run a service more than 4/3 as often.
-MAX_TICK_SLACK_SECONDS = 1.0
-TICK_SLACK_FRACTION = 0.25
 # A run's default time limit: five minutes, or one interval when that is longer, so that no
 # service that finishes within its own period is cut off.
 DEFAULT_TIMEOUT_SECONDS = 300.0
-
-
-def tick_gap(interval_seconds: float) -> float:
-    """A tick sooner than this after the last accepted one is a duplicate."""
-    return interval_seconds - min(interval_seconds * TICK_SLACK_FRACTION, MAX_TICK_SLACK_SECONDS)
 
 
 def snake_case(text: str) -> str:

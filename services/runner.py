@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from services import logs, shutdown
-from services.config import tick_gap
 from services.errors import RunTimedOut
 from services.fields import ERROR, INTERRUPTED, OK, TIMEOUT
 from services.lease import LeaseKeeper
+from services.schedule import TickSlot, tick_gap
 from services.state import Decision, FinishResult, RunTicket
 
 if TYPE_CHECKING:
@@ -69,6 +69,11 @@ class RunReport:
         return f"ran {self.ticket.run_id}: {outcome}"
 
 
+def _gap(service: AbstractService, slot: TickSlot | None) -> float:
+    from_schedule = slot.gap_seconds() if slot is not None else None
+    return from_schedule if from_schedule is not None else tick_gap(service.interval_seconds)
+
+
 def describe(error: BaseException) -> str:
     """One line for Redis: the exception's type and message, then where it was raised."""
     frames = traceback.extract_tb(error.__traceback__)
@@ -78,20 +83,20 @@ def describe(error: BaseException) -> str:
 
 async def run_once(service: AbstractService, kind: str, keeper: LeaseKeeper,
                    limit_errors: tuple[type[BaseException], ...] = (),
-                   slot_ms: int | None = None) -> RunReport:
+                   slot: TickSlot | None = None) -> RunReport:
     """Guard, run ``update()`` on this loop under its time limits, record the outcome. Never
     raises for a failing ``update()``: the failure is recorded and reported. Raises only for
     the process's own shutdown (after recording the run as ``interrupted``).
 
     ``limit_errors``: exceptions a host raises for its own time limit (Celery's
-    ``SoftTimeLimitExceeded``): such a run is a ``timeout`` too. ``slot_ms``: the due time a
-    Beat tick carries (see ``StateStore.begin``)."""
+    ``SoftTimeLimitExceeded``): such a run is a ``timeout`` too. ``slot``: where a Beat tick
+    sits in the schedule; its gap, not the service's own interval, is the duplicate window."""
     store = service.state
     with logs.bound(service.name):
         decision = store.begin(
             service.name, kind=kind, max_runs=service.max_concurrent_runs,
-            tick_gap_seconds=tick_gap(service.interval_seconds),
-            cooldown_seconds=service.stop_cooldown_seconds, slot_ms=slot_ms)
+            tick_gap_seconds=_gap(service, slot), cooldown_seconds=service.stop_cooldown_seconds,
+            slot_ms=None if slot is None else slot.at_ms)
         _log_decision(store.keys.state(service.name), decision)
         if decision.ticket is None:
             return RunReport(decision)

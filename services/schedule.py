@@ -44,6 +44,11 @@ DEFAULT_TIMEZONE = "UTC"
 CATCHUP_ALL_LIMIT = 100
 # A slot this late or less is on time, not missed (a Beat restart, a busy second).
 ON_TIME_SECONDS = 2.0
+# Ticks closer together than the period minus a slack are duplicates. The slack absorbs
+# queueing jitter between Beat and a worker; a quarter of the period at most, so that ticks
+# delivered twice or late, whatever their phase, never run a service more than 4/3 as often.
+MAX_TICK_SLACK_SECONDS = 1.0
+TICK_SLACK_FRACTION = 0.25
 # Fields a live override may set; anything else in one is ignored.
 OVERRIDE_FIELDS = ("every_seconds", "cron", "timezone", "jitter_seconds", "catchup",
                    "catchup_window_seconds")
@@ -134,6 +139,26 @@ class Schedule:
         newest = missed[-1]
         in_window = now_ms - newest <= self.catchup_window_seconds * 1000
         return ([newest] if in_window else []), following
+
+
+def tick_gap(period_seconds: float) -> float:
+    """A regular tick sooner than this after the last accepted one is a duplicate."""
+    return period_seconds - min(period_seconds * TICK_SLACK_FRACTION, MAX_TICK_SLACK_SECONDS)
+
+
+@dataclass(frozen=True)
+class TickSlot:
+    """What a Beat tick says about its place in the schedule: its due time and, for a regular
+    tick, the next slot's. The worker's duplicate window comes from these two, that is from
+    the effective schedule Beat used, never from the worker's own settings."""
+
+    at_ms: int
+    next_ms: int | None = None
+
+    def gap_seconds(self) -> float | None:
+        if self.next_ms is None or self.next_ms <= self.at_ms:
+            return None
+        return tick_gap((self.next_ms - self.at_ms) / 1000)
 
 
 def is_catchup(ticks: list[int], due_ms: int, now_ms: int) -> bool:

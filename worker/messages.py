@@ -142,20 +142,22 @@ def _check_embed(embed: dict[str, Any]) -> None:
 
 # The year 3000 in epoch milliseconds (services.fields.LATEST_TIME).
 MAX_SLOT_MS = int(LATEST_TIME * 1000)
+SERVICE_KWARGS = ("kind", "slot", "next_slot")
 
 
 def _check_service_call(args: list[Any], kwargs: dict[str, Any]) -> None:
     if args:
         raise InvalidTaskError(f"a service task takes no positional arguments, got {len(args)}")
-    unknown = sorted(str(key) for key in kwargs if key not in ("kind", "slot"))
+    unknown = sorted(str(key) for key in kwargs if key not in SERVICE_KWARGS)
     if unknown:
-        raise InvalidTaskError(f"a service task takes only 'kind' and 'slot', "
+        raise InvalidTaskError(f"a service task takes only {', '.join(SERVICE_KWARGS)}, "
                                f"got {_short(unknown)}")
-    slot = kwargs.get("slot")
-    if slot is not None and (isinstance(slot, bool) or not isinstance(slot, int)
-                             or not 0 <= slot <= MAX_SLOT_MS):
-        raise InvalidTaskError(f"slot must be a due time in epoch milliseconds, "
-                               f"got {_short(slot)}")
+    for key in ("slot", "next_slot"):
+        value = kwargs.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 0 <= value <= MAX_SLOT_MS):
+            raise InvalidTaskError(f"{key} must be a due time in epoch milliseconds, "
+                                   f"got {_short(value)}")
     kind = kwargs.get("kind", "tick")
     if kind not in KINDS:
         raise InvalidTaskError(f"kind must be one of {', '.join(KINDS)}, got {_short(kind)}")

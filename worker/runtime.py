@@ -21,6 +21,7 @@ from services.AbstractService import AbstractService
 from services.lease import LeaseKeeper
 from services.registry import Registry
 from services.runner import RunReport, run_once
+from services.schedule import TickSlot
 from services.settings import get_settings
 from services.state import RunTicket, StateStore, default_store
 
@@ -91,14 +92,14 @@ class ProcessRuntime:
                     logger.exception("_configure_service() failed; will try again at the next "
                                      "tick")
 
-    def run(self, name: str, kind: str, slot_ms: int | None = None) -> RunReport:
+    def run(self, name: str, kind: str, slot: TickSlot | None = None) -> RunReport:
         """Run one attempt of ``name`` to completion on this process's loop."""
         if threading.get_ident() != self.thread:
             raise RuntimeError(
                 "services run on one event loop per worker process: use the prefork or solo "
                 "pool (celery worker -P prefork|solo), not threads, gevent or eventlet")
         service = self.service(name)
-        run = self.loop.create_task(run_once(service, kind, self.keeper, LIMIT_ERRORS, slot_ms))
+        run = self.loop.create_task(run_once(service, kind, self.keeper, LIMIT_ERRORS, slot))
         while True:
             try:
                 return self.loop.run_until_complete(run)

@@ -18,6 +18,7 @@ from services.errors import ServiceRunFailed, StateUnavailableError
 from services.outage import Outage
 from services.registry import Registry
 from services.runner import KINDS, RunReport
+from services.schedule import TickSlot
 from worker import runtime
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ def register_tasks(app: Celery, registry: Registry) -> None:
 
 
 def _task_body(registry: Registry, name: str) -> Any:
-    def run_service(task: Task, kind: str = "tick", slot: int | None = None) -> str:
-        return execute(task, registry, name, kind, slot)
+    def run_service(task: Task, kind: str = "tick", slot: int | None = None,
+                    next_slot: int | None = None) -> str:
+        at = None if slot is None else TickSlot(slot, next_slot)
+        return execute(task, registry, name, kind, at)
 
     identifier = name.replace(".", "_").replace("-", "_")
     run_service.__name__ = run_service.__qualname__ = f"run_{identifier}"
@@ -50,7 +53,7 @@ def _task_body(registry: Registry, name: str) -> Any:
 
 
 def execute(task: Task, registry: Registry, name: str, kind: str,
-            slot: int | None = None) -> str:
+            slot: TickSlot | None = None) -> str:
     if kind not in KINDS:
         raise ValueError(f"task {task.name}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if task.request.retries and kind != "catchup":

@@ -21,9 +21,11 @@
 -- ARGV[10] history_len    how many runs the history keeps
 -- ARGV[11] remembered     'paused' | 'stopped' | '': this service as this process last saw it
 --                         (after a loss, a remembered pause or stop is merged in: it wins)
--- ARGV[12] slot_ms        a Beat tick's due time ('' for none): Beat stamps every tick with
---                         its slot from the effective schedule; each slot runs at most once
---                         and in order, so the schedule alone sets the rate (no gap check)
+-- ARGV[12] slot_ms        a Beat tick's due time ('' for none): each slot runs at most once
+--                         and in order. A regular tick must also pass the gap check (with a
+--                         gap from the effective schedule, which the tick carries); a catchup
+--                         tick (a replayed missed slot) only the slot check, and does not
+--                         move last_tick_at
 --
 -- Returns {verdict, detail, now_ms, warnings, epoch, kind}
 --   go               detail = run sequence number (fencing token); kind = the run's kind
@@ -163,11 +165,10 @@ if last_slot and last_slot > now + max_ahead then
   last_slot = nil
 end
 local ticking = kind == 'tick' or kind == 'catchup'
-if ticking and slot then
-  if last_slot and slot <= last_slot then
-    return {'duplicate', h[12], now, warnings, epoch, kind}
-  end
-elseif (kind == 'tick' or kind == 'loop') and last_tick and now - last_tick < tick_gap then
+if ticking and slot and last_slot and slot <= last_slot then
+  return {'duplicate', h[12], now, warnings, epoch, kind}
+end
+if (kind == 'tick' or kind == 'loop') and last_tick and now - last_tick < tick_gap then
   return {'duplicate', h[4], now, warnings, epoch, kind}
 end
 local failures = number('failures', h[5]) or 0
@@ -189,9 +190,9 @@ redis.call('HSET', KEYS[4], token, now)
 local seq = (number('runs', h[6]) or 0) + 1
 local started = string.format('%.3f', now / 1000)
 redis.call('HSET', KEYS[1], 'runs', seq, 'last_started_at', started, 'last_run_id', token)
-if ticking or kind == 'loop' then
+if ticking and slot then redis.call('HSET', KEYS[1], 'last_slot', slot) end
+if kind == 'tick' or kind == 'loop' then
   redis.call('HSET', KEYS[1], 'last_tick_at', now)
-  if slot then redis.call('HSET', KEYS[1], 'last_slot', slot) end
 elseif probe then
   -- One probe per cooldown, however many ticks arrive at once.
   redis.call('HSET', KEYS[1], 'stopped_at', started)
