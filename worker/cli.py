@@ -26,7 +26,9 @@ from services.errors import ServiceConfigError, StateCorruptError
 from services.settings import load_settings, redact_url
 from worker import cli_render as render
 from worker.cli_edge import EXIT_FAILED, EXIT_USAGE, OneLineGroup, edge, fail
+from worker.cli_schedule import schedule
 from worker.ops import Operator, actor, check_reason
+from worker.ops_schedule import read_beat
 
 app = typer.Typer(
     name="svc", cls=OneLineGroup, no_args_is_help=True, add_completion=False,
@@ -59,7 +61,8 @@ RowsOpt = Annotated[int, typer.Option("-n", min=1, max=MAX_ROWS, help="How many 
 
 @app.callback()
 def setup(ctx: typer.Context) -> None:
-    """Operate periodic services: status, pause/resume/stop/start, trigger, history, metrics.
+    """Operate periodic services: status, schedule, pause/resume/stop/start, trigger, history,
+    metrics.
 
     Settings (REDIS_URL, SVC_KEY_PREFIX, SVC_PACKAGES, ...) come from the environment or .env.
     Exit codes: 0 done; 1 Redis, the broker or the database unreachable or refusing (a state
@@ -76,8 +79,10 @@ def setup(ctx: typer.Context) -> None:
     root = logging.getLogger()
     if not root.handlers:  # a real command line, not a test runner's captured one
         logs.configure("WARNING", ctx.obj.settings.log_json)
-        # list and status show registry load errors in their output, JSON included.
+        # list and status show registry load errors in their output, JSON included, and a
+        # registration without a usable schedule as a warning of its service.
         logging.getLogger("services.registry").setLevel(logging.CRITICAL)
+        logging.getLogger("beat_schedule.store").setLevel(logging.CRITICAL)
 
 
 def operator(ctx: typer.Context) -> Operator:
@@ -90,7 +95,7 @@ def operator(ctx: typer.Context) -> Operator:
 @app.command("list")
 @edge
 def list_services(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Every service at a glance: state, failures, interval, last run, next tick."""
+    """Every service at a glance: state, failures, schedule, last run, next tick."""
     show_services(operator(ctx), as_json, detailed=False)
 
 
@@ -105,8 +110,9 @@ def status(
 ) -> None:
     """Full status of every service, or one service with its recent runs and changes.
 
-    State (running / paused / stopped and why / backing off until), failures out of max, last
-    run, last success, last error, next tick, lease holder, interval, last change."""
+    State (running / paused / stopped and why / backing off until), failures out of max,
+    schedule, last run, last success, last error, next tick, lease holder, last change; for
+    every service, also the leader Beat and how late its ticks go out."""
     op = operator(ctx)
     if name is None:
         show_services(op, as_json, detailed=True)
@@ -125,14 +131,16 @@ def status(
 
 def show_services(op: Operator, as_json: bool, detailed: bool) -> None:
     now, found = op.statuses(op.known())
+    beat = read_beat(op.store) if detailed else None
     if as_json:
         loss = next((s.loss for s in found if s.loss is not None), None)
         render.emit_json({"now": now, "services": [s.as_json() for s in found],
                           "state_lost": loss.as_json() if loss else None,
                           "registry_errors": op.registry.errors,
-                          "index_errors": op.index_errors})
+                          "index_errors": op.index_errors,
+                          **({"beat": beat.as_json()} if beat is not None else {})})
     elif detailed:
-        render.print_details(found, op.registry.errors, op.index_errors)
+        render.print_details(found, op.registry.errors, op.index_errors, beat)
     else:
         render.print_services(found, op.registry.errors, op.index_errors)
 
@@ -289,6 +297,9 @@ def trigger(ctx: typer.Context, names: Annotated[list[str], typer.Argument(
         note = "" if row["will_run"] else (
             f"; note: it is {render.condition_text(s).plain}, so the guard will refuse it")
         out.print(f"sent {row['service']} (task {row['task_id']}){note}", markup=False)
+
+
+app.command("schedule")(schedule)
 
 
 # -- serving and running -------------------------------------------------------------------

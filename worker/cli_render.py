@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from worker.ops import Lease, ServiceStatus
+from worker.ops_schedule import BeatView, ScheduleInfo
 
 CONDITION_STYLE = {"running": "green", "paused": "yellow", "stopped": "red",
                    "backoff": "magenta", "corrupt": "bold red", "held": "bold red"}
@@ -134,8 +135,47 @@ def next_tick_text(status: ServiceStatus) -> str:
         return f"- ({status.condition})"
     due = status.next_tick_at
     if due is None:
+        info = status.schedule
+        if info is not None and not info.registered:
+            return "- (no worker registered it)"
+        return "- (not scheduled by a Beat yet)"
+    text = when(due, status.now) if due > status.now else "due now"
+    if status.schedule is not None and status.schedule.pending:
+        text += " (schedule changed: Beat reschedules at its next poll)"
+    return text
+
+
+def schedule_text(info: ScheduleInfo | None) -> str:
+    """``every 30s (live; code: every 10s)`` or ``cron 0 3 * * * (UTC) (code)``."""
+    if info is None or info.schedule is None:
         return "-"
-    return when(due, status.now) if due > status.now else "due now"
+    if info.source != "live":
+        return f"{info.text()} (code)"
+    code = info.code.describe() if info.code is not None else "?"
+    return f"{info.text()} (live override; code: {code})"
+
+
+def beat_line(beat: BeatView) -> Text:
+    """``beat: leader HOST:PID:NONCE (token 3); tick lateness over the last minute: p50 2ms,
+    p99 9ms, max 31ms (120 ticks)``, and what is wrong when something is."""
+    if not beat.leader:
+        line, style = "beat: no leader Beat (no Beat holds the lease: no ticks are sent)", "red"
+    else:
+        line, style = f"beat: leader {beat.holder} (token {beat.fence or '?'})", ""
+    if beat.age is None:
+        return cell(line + ("; no tick stats yet" if beat.leader else ""), style)
+    late = beat.lateness()
+    if late["max"] is None:
+        line += "; no tick sent in the last minute"
+    else:
+        window = beat.stats.get("window_ticks") or "?"
+        line += ("; tick lateness over the last minute: "
+                 + ", ".join(f"{label} {span(value or 0.0)}" for label, value in late.items())
+                 + f" ({window} ticks)")
+    if beat.stale:
+        line += f"; STALE: stats last written {span(beat.age)} ago (Beat stuck or gone?)"
+        style = style or "yellow"
+    return cell(line, style)
 
 
 def change_text(status: ServiceStatus) -> str:
@@ -160,15 +200,15 @@ def last_run_text(status: ServiceStatus) -> str:
 
 def service_table(statuses: list[ServiceStatus]) -> Table:
     table = Table(pad_edge=False)
-    for title in ("SERVICE", "STATE", "FAILURES", "INTERVAL", "LAST RUN", "LAST SUCCESS",
+    for title in ("SERVICE", "STATE", "FAILURES", "SCHEDULE", "LAST RUN", "LAST SUCCESS",
                   "NEXT TICK", "LEASE"):
         # A long stop reason (or worker name) is cut here; `svc status NAME` shows it whole.
         table.add_column(title, no_wrap=True, overflow="ellipsis",
-                         max_width={"STATE": 48, "LEASE": 40}.get(title))
+                         max_width={"STATE": 48, "LEASE": 40, "SCHEDULE": 48}.get(title))
     for status in statuses:
         table.add_row(
             cell(status.name), condition_text(status), cell(failures_text(status)),
-            cell(seconds_text(status.config.interval_seconds if status.config else None)),
+            cell(status.schedule.text() if status.schedule else "-"),
             cell(last_run_text(status)), cell(when(status.state.last_success_at, status.now)),
             cell(next_tick_text(status)),
             cell(", ".join(lease.worker for lease in status.leases) or "-"))
@@ -223,7 +263,7 @@ def detail_grid(status: ServiceStatus) -> Table:
     grid.add_column(overflow="fold")
     rows: list[tuple[str, str]] = [
         ("failures", failures_text(status)),
-        ("interval", seconds_text(config.interval_seconds if config else None)),
+        ("schedule", schedule_text(status.schedule)),
         ("retry delay", seconds_text(config.retry_delay_seconds if config else None)),
         ("max concurrent runs", str(config.max_concurrent_runs) if config else "-"),
         ("queue", (config.queue or "(default)") if config else "-"),
@@ -246,9 +286,12 @@ def detail_grid(status: ServiceStatus) -> Table:
 
 
 def print_details(statuses: list[ServiceStatus], errors: list[str],
-                  index_errors: Sequence[str] = ()) -> None:
-    """``svc status``: every service in full, one block each."""
+                  index_errors: Sequence[str] = (), beat: BeatView | None = None) -> None:
+    """``svc status``: the leader Beat, then every service in full, one block each."""
     out = console()
+    if beat is not None:
+        out.print(beat_line(beat))
+        out.print()
     if not statuses:
         out.print("no services: none discovered here and none registered by a worker")
     for i, status in enumerate(statuses):

@@ -16,6 +16,11 @@ run is counted exactly once and in the same step as its outcome):
 
 They cannot be derived from the history list: it is capped (``SVC_HISTORY_LENGTH``), so
 counts taken from it would stop rising or even fall, which a counter must never do.
+
+The schedule's numbers come from what the leader Beat keeps in Redis: each service's next
+tick from the due set, the leader's lease, and its tick lateness over the last minute from
+its stats hash (left out when those stats are stale: a number nobody updates would read as
+a healthy Beat).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from prometheus_client.registry import Collector
 from services.errors import ServiceError
 from services.fields import OUTCOMES
 from services.state import ServiceState
+from worker.ops_schedule import BeatView, read_beat
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -64,6 +70,7 @@ class ServiceCollector(Collector):
         try:
             self.op.refresh()  # workers may have registered services since the last scrape
             _, statuses = self.op.statuses(self.op.known())
+            beat = read_beat(self.op.store)
         except (ServiceError, redis.RedisError) as exc:
             # Scrapes go on reporting that Redis is away rather than failing with a 500.
             logger.warning("metrics scrape could not read Redis: %s", exc)
@@ -73,6 +80,7 @@ class ServiceCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from self._families(statuses)
+        yield from self._beat(beat)
 
     def _families(self, statuses: list[ServiceStatus]) -> Iterator[Metric]:
         labels = ["service"]
@@ -103,6 +111,10 @@ class ServiceCollector(Collector):
             labels=[*labels, "outcome"])
         duration = HistogramMetricFamily(
             f"{PREFIX}_run_duration_seconds", "How long update() runs took.", labels=labels)
+        next_tick = GaugeMetricFamily(
+            f"{PREFIX}_next_tick_timestamp_seconds",
+            "When the leader Beat sends the service's next tick (Unix time, from the due set).",
+            labels=labels)
         for status in statuses:
             state: ServiceState = status.state
             name = [status.name]
@@ -128,8 +140,10 @@ class ServiceCollector(Collector):
                 runs.add_metric([status.name, outcome], _count(raw, f"runs_{outcome}"))
             buckets, total_ms = duration_buckets(raw)
             duration.add_metric(name, buckets, total_ms / 1000)
+            if status.next_tick_at is not None:
+                next_tick.add_metric(name, status.next_tick_at)
         yield from families.values()
-        yield from (last_success, last_finished, started, runs, duration)
+        yield from (last_success, last_finished, started, runs, duration, next_tick)
         loss = next((s.loss for s in statuses if s.loss is not None), None)
         if loss is not None:
             lost = GaugeMetricFamily(
@@ -137,6 +151,22 @@ class ServiceCollector(Collector):
                 "When a worker found that Redis had lost the framework's data (Unix time).")
             lost.add_metric([], loss.lost_at)
             yield lost
+
+    def _beat(self, beat: BeatView) -> Iterator[Metric]:
+        leader = GaugeMetricFamily(f"{PREFIX}_beat_leader",
+                                   "1 while a Beat holds the leader lease (sends the ticks).")
+        leader.add_metric([], 1.0 if beat.leader else 0.0)
+        yield leader
+        lateness = GaugeMetricFamily(
+            f"{PREFIX}_tick_lateness_seconds",
+            "How late the leader Beat sent ticks over the last minute (due time to send), by "
+            "quantile; 1 is the maximum.", labels=["quantile"])
+        if not beat.stale:
+            for quantile, key in (("0.5", "p50"), ("0.99", "p99"), ("1", "max")):
+                seconds = beat.lateness()[key]
+                if seconds is not None:
+                    lateness.add_metric([quantile], seconds)
+        yield lateness
 
 
 def duration_buckets(raw: dict[str, str]) -> tuple[list[tuple[str, float]], float]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-import json
-import math
 import os
 import socket
 import time
@@ -29,11 +27,14 @@ from worker.ops_keys import (
     IndexEntryError,
     WrongTypeError,
     config_from_entry,
+    finite_number,
+    json_object,
     naming,
     read_index,
     service_keys,
     wrong_types,
 )
+from worker.ops_schedule import ScheduleInfo, queue_reads, schedule_infos, schedule_keys
 
 ACTIONS = ("pause", "resume", "stop", "start", "reset")
 WAIT_POLL_SECONDS = 0.2
@@ -48,6 +49,11 @@ class InvalidArgumentError(ValueError):
 
 class InvalidNameError(InvalidArgumentError):
     """A name that no service could have (the key pattern forbids it)."""
+
+
+class NotRegisteredError(InvalidArgumentError):
+    """A service known from this machine's code that no worker registered: no worker would
+    take its task (Celery drops it as an unregistered task)."""
 
 
 def check_reason(reason: str) -> str:
@@ -96,7 +102,7 @@ class StoreLoss:
 
     @classmethod
     def from_epoch(cls, raw: dict[str, str]) -> StoreLoss | None:
-        lost_at = _float_or_none(raw.get("lost_at"))
+        lost_at = finite_number(raw.get("lost_at"))
         if lost_at is None:
             return None
         return cls(raw.get("id", ""), lost_at / 1000, raw.get("detected_by", "?"))
@@ -122,6 +128,8 @@ class ServiceStatus:
     """The hash as Redis holds it (the metrics read counters from it)."""
     loss: StoreLoss | None = None
     """Set when Redis lost the framework's data (for every service alike)."""
+    schedule: ScheduleInfo | None = None
+    """The effective schedule and the next tick, as the leader Beat keeps it."""
 
     @property
     def held(self) -> bool:
@@ -147,12 +155,10 @@ class ServiceStatus:
 
     @property
     def next_tick_at(self) -> float | None:
-        """Beat sends a tick every interval, so the next one is due one interval after the
-        last one the guard accepted (a paused or stopped service accepts none)."""
-        if self.config is None:
-            return None
-        base = self.last_tick_at or self.state.last_started_at
-        return None if base is None else base + self.config.interval_seconds
+        """When Beat sends the next tick: its due time in the due set (None until the leader
+        Beat scheduled the service). Read, not computed: phases, jitter, cron and catch-up
+        make the last tick plus an interval wrong."""
+        return self.schedule.due_at if self.schedule is not None else None
 
     @property
     def warnings(self) -> list[str]:
@@ -160,6 +166,8 @@ class ServiceStatus:
                  for c in self.state.corrupt]
         if not self.seen_by_worker:
             notes.append("no worker has registered this service yet")
+        if self.schedule is not None and self.schedule.problem:
+            notes.append(f"schedule: {self.schedule.problem}")
         if not self.in_registry and self.config is not None:
             notes.append("not found in this machine's registry (known from a worker)")
         if self.held:
@@ -183,6 +191,7 @@ class ServiceStatus:
             "interval_seconds": self.config.interval_seconds if self.config else None,
             "last_tick_at": self.last_tick_at,
             "next_tick_at": self.next_tick_at,
+            "schedule": self.schedule.as_json() if self.schedule is not None else None,
             "in_progress": bool(self.leases),
             "leases": [{"token": lease.token, "run_id": lease.run_id, "worker": lease.worker,
                         "expires_at": lease.expires_at} for lease in self.leases],
@@ -284,12 +293,13 @@ class Operator:
         keys = self.store.keys
         read = {key: kind for name in names
                 for key, kind in service_keys(keys, name, "state", "lease", "history").items()}
-        read[keys.epoch()] = "epoch"
+        read.update({keys.epoch(): "epoch", **schedule_keys(keys)})
         # The store's own guard, so a failure reads like every other: URL, password hidden.
         with naming(self.store, read), self.store.reaching(), \
                 self.store.client.pipeline(transaction=False) as pipe:
             pipe.time()
             pipe.hgetall(keys.epoch())
+            queue_reads(pipe, keys)
             for name in names:
                 pipe.hgetall(keys.state(name))
                 pipe.zrange(keys.lease(name), 0, -1, withscores=True)
@@ -298,19 +308,18 @@ class Operator:
         seconds, micros = replies[0]
         now = seconds + micros / 1_000_000
         loss = StoreLoss.from_epoch(replies[1])
+        schedules = schedule_infos(names, self.registered, self.config, replies[2:5], keys)
         found = []
         for i, name in enumerate(names):
-            raw, leases, last = replies[2 + 3 * i: 5 + 3 * i]
+            raw, leases, last = replies[5 + 3 * i: 8 + 3 * i]
             found.append(dataclasses.replace(self._status(name, now, raw, leases, last),
-                                             loss=loss))
+                                             loss=loss, schedule=schedules[name]))
         return now, found
 
     def _status(self, name: str, now: float, raw: dict[str, str],
                 leases: list[tuple[str, float]], last: str | None) -> ServiceStatus:
-        last_run = None
-        if last:
-            last_run = _json_or_none(last)
-        tick = _float_or_none(raw.get("last_tick_at"))
+        last_run = json_object(last) if last else None
+        tick = finite_number(raw.get("last_tick_at"))
         return ServiceStatus(
             name=name, config=self.config(name), state=ServiceState.from_hash(name, raw),
             now=now, last_tick_at=tick / 1000 if tick is not None else None,
@@ -374,6 +383,12 @@ class Operator:
         from beat_schedule import task_name, tick_options
         from worker.sender import make_sender
 
+        missing = ", ".join(repr(name) for name in names if name not in self.registered)
+        if missing:  # Celery would drop the task as unregistered: say so here, send nothing
+            raise NotRegisteredError(
+                f"cannot trigger {missing}: no worker has registered it (not in "
+                f"{self.store.keys.index()}), so no worker would run the tick; start a worker "
+                "that runs it; nothing was sent")
         configs = {}
         for name in names:
             config = self.config(name)
@@ -390,18 +405,3 @@ class Operator:
         finally:
             app.close()
 
-
-def _json_or_none(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _float_or_none(text: str | None) -> float | None:
-    try:
-        value = float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) else None

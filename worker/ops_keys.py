@@ -29,6 +29,11 @@ LAYOUT: dict[str, tuple[str, str]] = {
     "index": ("hash", "service name -> settings, written by workers"),
     "inflight": ("hash", "run token -> start of each run in progress"),
     "epoch": ("hash", "the store's epoch: id, created_at, lost_at after a data loss"),
+    "schedules": ("hash", "service name -> live schedule override"),
+    "due": ("zset", "service name -> next due time, kept by the leader Beat"),
+    "due_signature": ("hash", "service name -> the schedule its due time was computed from"),
+    "beat_leader": ("string", "the leader Beat's lease"),
+    "beat_stats": ("hash", "the leader Beat's numbers"),
 }
 
 
@@ -132,3 +137,21 @@ def config_from_entry(name: str, entry: dict[str, Any] | None) -> tuple[ServiceC
     if not isinstance(config.name, str) or not isinstance(config.queue, str | None):
         return None, f"{name!r} has a name or queue that is not text"
     return config, None
+
+
+def json_object(text: str) -> dict[str, Any] | None:
+    """``text`` parsed, when it is a JSON object; None for anything else."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def finite_number(text: str | None) -> float | None:
+    """``text`` as a finite number; None when it is empty, not a number, nan or infinite."""
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
