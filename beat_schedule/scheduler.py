@@ -131,7 +131,7 @@ class RedisScheduler(Scheduler):
         upcoming = [int(float(next_ms))] if next_ms != "" else []
         if due:
             upcoming += self._send_due(due, now_ms, polled_at)
-        self._write_stats()
+        self._write_stats(now_ms)
         if len(due) >= BATCH_SIZE:
             return 0.0
         elapsed_ms = (time.monotonic() - polled_at) * 1000
@@ -249,7 +249,7 @@ class RedisScheduler(Scheduler):
         self._advance(changes)
         self.resolved, self.registrations, self.version = resolved, registrations, version
 
-    def _write_stats(self) -> None:
+    def _write_stats(self, now_ms: int) -> None:
         if time.monotonic() - self.stats_at < STATS_EVERY_SECONDS:
             return
         self.stats_at = time.monotonic()
@@ -257,7 +257,8 @@ class RedisScheduler(Scheduler):
                  **self.lateness.summary()}
         key = self.state.keys.beat_stats()
         with self.state.reaching(), self.state.client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping={**stats, "updated_at": f"{time.time():.3f}"})
+            # Redis's clock, as every stored time: svc compares it with Redis's TIME.
+            pipe.hset(key, mapping={**stats, "updated_at": f"{now_ms / 1000:.3f}"})
             pipe.expire(key, STATS_TTL_SECONDS)
             pipe.execute()
 

@@ -131,7 +131,10 @@ class ScheduleStore:
         return base, self._write(name, None, "schedule-reset", base, who=who, reason=reason)
 
     def _base_and_override(self, name: str) -> tuple[Schedule, dict[str, Any]]:
-        validate_name(name)
+        try:
+            validate_name(name)
+        except ValueError as exc:
+            raise ServiceConfigError(str(exc)) from None
         registration = self.state.registered().get(name)
         if registration is None:
             raise ServiceConfigError(
