@@ -3,6 +3,7 @@ validation, and the registry that discovers SVC_*.py modules and survives bad on
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from services.config import resolve_config, snake_case
 from services.errors import ServiceConfigError, UnknownServiceError
 from services.keys import Keys, validate_name
 from services.registry import Registry
-from services.settings import get_settings, service_env_var
+from services.schedule import from_registration
+from services.settings import get_settings, service_env_var, service_overrides
 from services.state import StateStore
 from tests.fixtures.services import Recorder
 
@@ -294,3 +296,131 @@ def test_unknown_service_suggests_close_names() -> None:
     assert isinstance(info.value, KeyError)
     assert "http_poller" in str(info.value)
     assert info.value.suggestions == ["http_poller"]
+
+
+# -- the schedule: cron, time zone, jitter and catch-up ----------------------------------------
+
+
+def nightly_class(**attributes: object) -> type:
+    return type("Nightly", (Recorder,), {"name": "nightly", "cron": "0 3 * * *",
+                                         "timezone": "Europe/Berlin", **attributes})
+
+
+def test_an_interval_service_has_the_default_schedule_fields() -> None:
+    config = resolve_config(Recorder, environ={}, name="plain")
+    assert (config.cron, config.timezone, config.jitter_seconds, config.catchup,
+            config.catchup_window_seconds) == (None, "UTC", 0.0, "latest", 3600.0)
+    schedule = config.schedule
+    assert (schedule.every_seconds, schedule.cron, schedule.source) == (
+        Recorder.interval_seconds, None, "code")
+
+
+def test_a_class_cron_in_its_time_zone_and_what_beat_reads_back() -> None:
+    config = resolve_config(nightly_class(jitter_seconds=30, catchup="skip",
+                                          catchup_window_seconds=0), environ={})
+    schedule = config.schedule
+    assert (schedule.every_seconds, schedule.cron, schedule.timezone) == (
+        None, "0 3 * * *", "Europe/Berlin")
+    assert (schedule.jitter_seconds, schedule.catchup, schedule.catchup_window_seconds) == (
+        30.0, "skip", 0.0)
+    # What a worker registers is what Beat schedules from.
+    registration = json.loads(json.dumps(config.as_dict()))
+    assert from_registration(registration) == schedule
+
+
+def test_each_schedule_field_is_overridden_by_the_environment() -> None:
+    env = {"SVC_NIGHTLY_CRON": "15 4 * * 1", "SVC_NIGHTLY_TIMEZONE": "America/New_York",
+           "SVC_NIGHTLY_JITTER_SECONDS": "30", "SVC_NIGHTLY_CATCHUP": "all",
+           "SVC_NIGHTLY_CATCHUP_WINDOW_SECONDS": "600"}
+    schedule = resolve_config(nightly_class(), environ=env).schedule
+    assert (schedule.cron, schedule.timezone, schedule.jitter_seconds, schedule.catchup,
+            schedule.catchup_window_seconds) == ("15 4 * * 1", "America/New_York", 30.0,
+                                                 "all", 600.0)
+    # Another service's variables do not leak into this one.
+    other = resolve_config(nightly_class(name="nightly2"), environ=env).schedule
+    assert (other.cron, other.timezone, other.catchup) == ("0 3 * * *", "Europe/Berlin",
+                                                           "latest")
+
+
+@pytest.mark.parametrize("variable", ["SVC_NIGHTLY_CRON", "SVC_NIGHTLY_TIMEZONE",
+                                      "SVC_NIGHTLY_CATCHUP"])
+def test_schedule_text_from_the_environment_is_stripped(variable: str) -> None:
+    value = {"SVC_NIGHTLY_CRON": "30 2 * * *", "SVC_NIGHTLY_TIMEZONE": "Asia/Tokyo",
+             "SVC_NIGHTLY_CATCHUP": "skip"}[variable]
+    config = resolve_config(nightly_class(), environ={variable: f"  {value}\n"})
+    assert value in (config.cron, config.timezone, config.catchup)
+
+
+def test_an_interval_in_the_environment_replaces_a_class_cron() -> None:
+    config = resolve_config(nightly_class(), environ={"SVC_NIGHTLY_INTERVAL_SECONDS": "90"})
+    assert config.cron is None
+    schedule = config.schedule
+    assert (schedule.every_seconds, schedule.cron) == (90.0, None)
+
+
+def test_a_cron_in_the_environment_replaces_a_class_interval() -> None:
+    config = resolve_config(Recorder, environ={"SVC_PLAIN_CRON": "*/5 * * * *"}, name="plain")
+    assert (config.schedule.every_seconds, config.schedule.cron) == (None, "*/5 * * * *")
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("SVC_NIGHTLY_CRON", "61 * * * *"),
+    ("SVC_NIGHTLY_CRON", "every night"),
+    ("SVC_NIGHTLY_TIMEZONE", "Mars/Olympus"),
+    ("SVC_NIGHTLY_JITTER_SECONDS", "-1"),
+    ("SVC_NIGHTLY_JITTER_SECONDS", "abc"),
+    ("SVC_NIGHTLY_JITTER_SECONDS", "100000"),
+    ("SVC_NIGHTLY_CATCHUP", "sometimes"),
+    ("SVC_NIGHTLY_CATCHUP_WINDOW_SECONDS", "-5"),
+    ("SVC_NIGHTLY_CATCHUP_WINDOW_SECONDS", "soon"),
+    ("SVC_NIGHTLY_CATCHUP_WINDOW_SECONDS", "nan"),
+])
+def test_bad_schedule_values_in_the_environment_name_the_service_and_value(
+        variable: str, value: str) -> None:
+    with pytest.raises(ServiceConfigError) as info:
+        resolve_config(nightly_class(), environ={variable: value})
+    message = error_text(info)
+    assert "'nightly'" in message
+    assert value in message or str(float(value)) in message, message
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "services/config.py resolve_config: a bad cron, timezone or catchup (or a jitter above "
+    "1d) is reported from Schedule's check without its source, though config.py promises "
+    "errors that name where the value came from, as every numeric field's do"))
+@pytest.mark.parametrize(("variable", "value"), [
+    ("SVC_NIGHTLY_CRON", "61 * * * *"),
+    ("SVC_NIGHTLY_TIMEZONE", "Mars/Olympus"),
+    ("SVC_NIGHTLY_CATCHUP", "sometimes"),
+    ("SVC_NIGHTLY_JITTER_SECONDS", "100000"),
+])
+def test_bad_schedule_text_in_the_environment_names_the_variable(variable: str,
+                                                                 value: str) -> None:
+    with pytest.raises(ServiceConfigError) as info:
+        resolve_config(nightly_class(), environ={variable: value})
+    assert variable in error_text(info)
+
+
+@pytest.mark.parametrize(("attributes", "named"), [
+    ({"cron": "0 25 * * *"}, "'0 25 * * *'"),
+    ({"timezone": "Europe/Atlantis"}, "'Europe/Atlantis'"),
+    ({"timezone": 5}, "timezone"),
+    ({"cron": 300}, "cron"),
+    ({"catchup": "never"}, "'never'"),
+    ({"jitter_seconds": -2}, "jitter_seconds"),
+    ({"catchup_window_seconds": float("inf")}, "catchup_window_seconds"),
+])
+def test_bad_schedule_class_attributes_name_the_service(attributes: dict[str, object],
+                                                        named: str) -> None:
+    with pytest.raises(ServiceConfigError) as info:
+        resolve_config(nightly_class(**attributes), environ={})
+    assert "'nightly'" in error_text(info) and named in error_text(info)
+
+
+def test_the_schedule_variables_are_named_like_the_others() -> None:
+    assert service_env_var("nightly", "catchup_window_seconds") == (
+        "SVC_NIGHTLY_CATCHUP_WINDOW_SECONDS")
+    assert service_overrides("nightly", {"SVC_NIGHTLY_TIMEZONE": "UTC",
+                                         "SVC_NIGHTLY_CRON": "* * * * *"}) == {
+        "cron": ("SVC_NIGHTLY_CRON", "* * * * *"),
+        "timezone": ("SVC_NIGHTLY_TIMEZONE", "UTC")}

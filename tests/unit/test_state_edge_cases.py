@@ -3,13 +3,20 @@ loop and never a connection left a reply behind."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import pytest
 import redis
 
 from services.AbstractService import AbstractService
 from services.config import resolve_config
 from services.errors import ServiceConfigError, StateCorruptError
-from services.state import RunTicket, StateStore
+from services.lease import LeaseKeeper
+from services.runner import KINDS, run_once
+from services.schedule import Schedule, TickSlot, tick_gap
+from services.state import Decision, RunTicket, StateStore
 
 
 class Quiet(AbstractService):
@@ -92,3 +99,174 @@ def test_names_that_share_their_environment_variables_are_refused():
     assert "'report.daily' and 'report_daily'" in error
     assert "SVC_REPORT_DAILY_*" in error
     assert "SVC_Dotted.py" in error and "SVC_ReportDaily.py" in error
+
+
+
+# -- Beat ticks stamped with their slot: each slot runs once, in order ---------------------------
+# A gap of 0 unless the gap is what a test is about: then only the slot can make a duplicate.
+
+
+def slot_tick(store: StateStore, name: str, slot_ms: int | None, *, kind: str = "tick",
+              gap: float = 0.0) -> Decision:
+    decision = store.begin(name, kind=kind, max_runs=1, tick_gap_seconds=gap, slot_ms=slot_ms)
+    if decision.ticket is not None:
+        store.finish(decision.ticket, error=None, max_failures=3, retry_delay_seconds=0)
+    return decision
+
+
+def redis_now_ms(store: StateStore) -> int:
+    return int(store.now() * 1000)
+
+
+def test_the_same_slot_twice_runs_once(store, redis_client):
+    slot = redis_now_ms(store)
+    assert slot_tick(store, "slotted", slot).go
+    again = slot_tick(store, "slotted", slot)
+    assert (again.verdict, again.detail) == ("duplicate", str(slot))
+    assert redis_client.hget(store.keys.state("slotted"), "last_slot") == str(slot)
+
+
+def test_an_older_slot_after_a_newer_one_is_a_duplicate(store, redis_client):
+    now = redis_now_ms(store)
+    assert slot_tick(store, "ordered", now).go
+    late = slot_tick(store, "ordered", now - 1)
+    assert (late.verdict, late.detail) == ("duplicate", str(now))
+    assert redis_client.hget(store.keys.state("ordered"), "last_slot") == str(now)
+
+
+@pytest.mark.skipif("catchup" not in KINDS, reason="no catchup ticks in this tree")
+def test_catchup_slots_closer_than_the_tick_gap_all_run(store, redis_client):
+    """Replayed missed slots are set apart by the schedule alone: a gap of a minute does not
+    hold back slots a millisecond apart, and they leave last_tick_at to regular ticks."""
+    now = redis_now_ms(store)
+    verdicts = [slot_tick(store, "replay", now - 3 + i, kind="catchup", gap=60).verdict
+                for i in range(4)]
+    assert verdicts == ["go"] * 4
+    assert slot_tick(store, "replay", now - 1, kind="catchup", gap=60).verdict == "duplicate"
+    assert redis_client.hget(store.keys.state("replay"), "last_slot") == str(now)
+    assert redis_client.hget(store.keys.state("replay"), "last_tick_at") is None
+
+
+def test_a_last_slot_absurdly_far_ahead_is_ignored_with_a_warning(store, redis_client):
+    far = redis_now_ms(store) + 40 * 365 * 86_400_000
+    redis_client.hset(store.keys.state("future-slot"), "last_slot", str(far))
+    slot = redis_now_ms(store)
+    decision = slot_tick(store, "future-slot", slot)
+    assert decision.verdict == "go"
+    assert f"last_slot={far}" in decision.warnings
+    assert redis_client.hget(store.keys.state("future-slot"), "last_slot") == str(slot)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "services/lua/begin_run.lua ignores a last_slot only beyond now + max_ahead_ms (about 31 "
+    "years), while a Beat slot is never ahead of Redis's own clock: after that clock stepped "
+    "back an hour (or a hand edit), every tick is a duplicate for that hour, where "
+    "last_tick_at from the future is ignored beyond tick_gap"))
+def test_a_last_slot_an_hour_ahead_does_not_stop_the_service(store, redis_client):
+    ahead = redis_now_ms(store) + 3_600_000
+    redis_client.hset(store.keys.state("clock-back"), "last_slot", str(ahead))
+    decision = slot_tick(store, "clock-back", redis_now_ms(store))
+    assert decision.verdict == "go"
+    assert f"last_slot={ahead}" in decision.warnings
+
+
+def test_a_tick_without_a_slot_still_uses_the_gap(store, redis_client):
+    assert slot_tick(store, "legacy", None, gap=60).go
+    second = slot_tick(store, "legacy", None, gap=60)
+    assert second.verdict == "duplicate"
+    assert second.detail == redis_client.hget(store.keys.state("legacy"), "last_tick_at")
+    assert redis_client.hget(store.keys.state("legacy"), "last_slot") is None
+    # A slotted tick sets last_tick_at too, so an unslotted one right after it is held back.
+    assert slot_tick(store, "legacy2", redis_now_ms(store)).go
+    assert slot_tick(store, "legacy2", None, gap=60).verdict == "duplicate"
+
+
+def test_a_trigger_is_not_a_slot(store, redis_client):
+    slot = redis_now_ms(store)
+    assert slot_tick(store, "manual", slot).go
+    trigger = store.begin("manual", kind="trigger", max_runs=1, tick_gap_seconds=60)
+    assert trigger.go
+    store.finish(trigger.ticket, error=None, max_failures=3, retry_delay_seconds=0)
+    assert redis_client.hget(store.keys.state("manual"), "last_slot") == str(slot)
+    assert slot_tick(store, "manual", slot + 1).go
+
+
+def run_slot_tick(store: StateStore, name: str, slot: TickSlot) -> str:
+    """One Beat tick through the worker's own path (runner.run_once), as a task runs it."""
+    keeper = LeaseKeeper(store)
+    try:
+        return asyncio.run(run_once(Quiet(state=store, name=name), "tick", keeper,
+                                    slot=slot)).verdict
+    finally:
+        keeper.close()
+
+
+def after_previous_slot(store: StateStore, redis_client, name: str, schedule: Schedule,
+                        previous: int) -> TickSlot:
+    """The state a run of slot ``previous`` left, as long ago as the schedule says it was;
+    returns the next tick as Beat stamps it (its slot and the one after)."""
+    at = schedule.next_fire_ms(name, previous)
+    following = schedule.next_fire_ms(name, at)
+    redis_client.hset(store.keys.state(name), mapping={
+        "last_slot": previous, "last_tick_at": redis_now_ms(store) - (at - previous)})
+    return TickSlot(at, following)
+
+
+def local_ms(zone: str, *fields: int) -> int:
+    return int(datetime(*fields, tzinfo=ZoneInfo(zone)).timestamp() * 1000)
+
+
+# cron, zone, the previous slot: each tick below comes one period after the one before it
+ON_TIME_TICKS = {
+    # autumn: 25 h since Saturday's 03:00, 24 h to Monday's
+    "daily-autumn": ("0 3 * * *", "Europe/Berlin", ("Europe/Berlin", 2026, 10, 24, 3, 0)),
+    "every-minute": ("* * * * *", "UTC", ("UTC", 2026, 11, 19, 9, 0)),
+}
+LOST_TICKS = {
+    # spring: 23 h since Saturday's 03:00, 24 h to Monday's
+    "daily-spring": ("0 3 * * *", "Europe/Berlin", ("Europe/Berlin", 2026, 3, 28, 3, 0)),
+    # Friday: 24 h since Thursday's, 72 h to Monday's
+    "weekdays-friday": ("0 9 * * 1-5", "UTC", ("UTC", 2026, 11, 19, 9, 0)),
+    # 10:00: 1 h since 09:00, 23 h to the next 09:00
+    "twice-a-day": ("0 9,10 * * *", "UTC", ("UTC", 2026, 11, 19, 9, 0)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ON_TIME_TICKS))
+def test_a_regular_tick_one_period_after_the_last_runs(store, redis_client, case):
+    cron, zone, previous = ON_TIME_TICKS[case]
+    slot = after_previous_slot(store, redis_client, case, Schedule(cron=cron, timezone=zone),
+                               local_ms(*previous))
+    assert run_slot_tick(store, case, slot) == "go"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "services/schedule.py TickSlot.gap_seconds (used by services/runner.py _gap) takes the "
+    "duplicate window from the period AFTER the tick (next_slot - slot), while the guard "
+    "compares it with the time since the tick BEFORE: where the next period is longer "
+    "(a daily cron on the spring DST day, Friday of a weekdays cron, 10:00 of '0 9,10 * * *', "
+    "a jitter) the on-time tick is refused as a duplicate"))
+@pytest.mark.parametrize("case", sorted(LOST_TICKS))
+def test_a_regular_tick_is_not_a_duplicate_when_the_next_period_is_longer(store, redis_client,
+                                                                         case):
+    cron, zone, previous = LOST_TICKS[case]
+    slot = after_previous_slot(store, redis_client, case, Schedule(cron=cron, timezone=zone),
+                               local_ms(*previous))
+    assert run_slot_tick(store, case, slot) == "go"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "services/schedule.py TickSlot.gap_seconds: with jitter the next slot can be further off "
+    "than the one before was; the on-time tick is then refused as a duplicate"))
+def test_a_jittered_tick_is_not_a_duplicate(store, redis_client):
+    schedule = Schedule(every_seconds=60, jitter_seconds=30)
+    # The first slot that follows its predecessor sooner than the next one follows it.
+    previous = schedule.next_fire_ms("jittered", 1_790_000_000_000)
+    while True:
+        at = schedule.next_fire_ms("jittered", previous)
+        following = schedule.next_fire_ms("jittered", at)
+        if (at - previous) / 1000 < tick_gap((following - at) / 1000):
+            break
+        previous = at
+    slot = after_previous_slot(store, redis_client, "jittered", schedule, previous)
+    assert run_slot_tick(store, "jittered", slot) == "go"
