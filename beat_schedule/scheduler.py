@@ -113,14 +113,19 @@ class RedisScheduler(Scheduler):
     # -- one pass --------------------------------------------------------------------------
 
     def _pass(self) -> float:
-        if not self.lease.leading and not self.lease.try_claim():
-            return POLL_SECONDS
+        if not self.lease.leading:
+            if not self.lease.try_claim():
+                return POLL_SECONDS
+            # A new term: reload everything (a reload cut short by losing the lease before
+            # must not count as done).
+            self.version = None
         if not self.lease.renew_if_due():
             return POLL_SECONDS
         polled_at = time.monotonic()
-        now_ms, leader, version, flat_due, next_ms = self.state.scripts.beat_poll(
-            keys=[self.state.keys.beat_leader(), self.state.keys.schedule_version(),
-                  self.state.keys.due()], args=[BATCH_SIZE])
+        with self.state.reaching():
+            now_ms, leader, version, flat_due, next_ms = self.state.scripts.beat_poll(
+                keys=[self.state.keys.beat_leader(), self.state.keys.schedule_version(),
+                      self.state.keys.due()], args=[BATCH_SIZE])
         now_ms = int(now_ms)
         if leader != self.lease.value:
             self.lease.deposed(str(leader))

@@ -20,6 +20,7 @@ from services.schedule import (
     MIN_INTERVAL_SECONDS,
     Schedule,
     ScheduleError,
+    check_text_field,
     tick_gap,
 )
 from services.settings import service_overrides
@@ -103,6 +104,7 @@ _RULES: dict[str, tuple[type, float, bool, str]] = {
     "jitter_seconds": (float, 0, True, "a number >= 0 and at most 86400"),
     "catchup_window_seconds": (float, 0, True, "a number >= 0 and at most 1e9"),
 }
+_HIGHEST = {"jitter_seconds": 86400.0}
 _RULE_DEFAULTS = {"jitter_seconds": 0.0,
                   "catchup_window_seconds": DEFAULT_CATCHUP_WINDOW_SECONDS}
 # Text fields of the schedule, checked by services.schedule.check.
@@ -141,28 +143,32 @@ def resolve_config(
     queue = (explicit or {}).get("queue") or getattr(cls, "queue", None)
     config = ServiceConfig(name=name, queue=queue, **checked, **_schedule_text(cls, name, environ))
     try:
-        config.schedule  # noqa: B018  # validates cron, time zone and policy together
+        config.schedule  # noqa: B018  # the fields together (a jitter longer than the period)
     except ScheduleError as exc:
-        raise ServiceConfigError(f"service {name!r}: {exc}") from None
+        raise ServiceConfigError(f"service {name!r}: {exc} (from {cls.__qualname__} and "
+                                 f"SVC_{name.upper()}_* in the environment)") from None
     return config
 
 
 def _schedule_text(cls: type, name: str, environ: Mapping[str, str] | None) -> dict[str, Any]:
     """cron, timezone and catchup: class attributes, then the environment. An interval set in
     the environment replaces a cron expression set in the class."""
-    found: dict[str, Any] = {field: getattr(cls, field, None) for field in _SCHEDULE_TEXT}
+    found = {field: (getattr(cls, field, None), f"{cls.__qualname__}.{field}")
+             for field in _SCHEDULE_TEXT}
     env = service_overrides(name, environ)
     for field in _SCHEDULE_TEXT:
         if field in env:
-            found[field] = env[field][1].strip() or None
+            var, text = env[field]
+            found[field] = (text.strip() or None, var)
     if "interval_seconds" in env and "cron" not in env:
-        found["cron"] = None
-    for field, value in found.items():
-        if value is not None and not isinstance(value, str):
-            raise ServiceConfigError(f"service {name!r}: {field} must be text, got {value!r}")
-    found["timezone"] = found["timezone"] or DEFAULT_TIMEZONE
-    found["catchup"] = found["catchup"] or DEFAULT_CATCHUP
-    return found
+        found["cron"] = (None, env["interval_seconds"][0])
+    for field, (value, source) in found.items():
+        try:
+            check_text_field(field, value)
+        except ScheduleError as exc:
+            raise ServiceConfigError(f"service {name!r}: {exc} (from {source})") from None
+    return {"cron": found["cron"][0], "timezone": found["timezone"][0] or DEFAULT_TIMEZONE,
+            "catchup": found["catchup"][0] or DEFAULT_CATCHUP}
 
 
 def _check(name: str, field: str, raw: Any, source: str) -> float | int:
@@ -179,6 +185,6 @@ def _check(name: str, field: str, raw: Any, source: str) -> float | int:
         raise ServiceConfigError(problem) from None
     if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
         raise ServiceConfigError(problem)
-    if kind is float and value > MAX_SECONDS:
+    if kind is float and value > _HIGHEST.get(field, MAX_SECONDS):
         raise ServiceConfigError(problem)
     return value

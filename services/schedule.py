@@ -107,11 +107,36 @@ class Schedule:
 
     def _next_slot_ms(self, name: str, after_ms: int) -> int:
         if self.cron is None:
-            period = max(1, round((self.every_seconds or 0) * 1000))
-            phase = _stable_hash(name) % period
+            period, phase = self._period_and_phase(name)
             return after_ms + period - (after_ms - phase) % period
         start = datetime.fromtimestamp(after_ms / 1000, _zone(self.timezone))
         return int(next(CronSim(self.cron, start)).timestamp() * 1000)
+
+    def _slot_at_or_before_ms(self, name: str, at_ms: int) -> int:
+        """The newest slot (without jitter) at or before ``at_ms``."""
+        if self.cron is None:
+            period, phase = self._period_and_phase(name)
+            return at_ms - (at_ms - phase) % period
+        start = datetime.fromtimestamp((at_ms + 1) / 1000, _zone(self.timezone))
+        return int(next(CronSim(self.cron, start, reverse=True)).timestamp() * 1000)
+
+    def _period_and_phase(self, name: str) -> tuple[int, int]:
+        period = max(1, round((self.every_seconds or 0) * 1000))
+        return period, _stable_hash(name) % period
+
+    def _newest_fires(self, name: str, since_ms: int, now_ms: int, limit: int) -> list[int]:
+        """Up to ``limit`` of the newest due times in [since_ms, now_ms], oldest first. Walks
+        back from now, so a Beat down for a month costs ``limit`` steps, not a month of them.
+        (Jitter stays below the shortest period, so due times keep their slots' order.)"""
+        jitter_ms = int(self.jitter_seconds * 1000)
+        fires: list[int] = []
+        slot = self._slot_at_or_before_ms(name, now_ms)
+        while len(fires) < limit and slot + jitter_ms >= since_ms:
+            fire = slot + _jitter_ms(name, slot, jitter_ms)
+            if since_ms <= fire <= now_ms:
+                fires.append(fire)
+            slot = self._slot_at_or_before_ms(name, slot - 1)
+        return fires[::-1]
 
     def plan(self, name: str, due_ms: int, now_ms: int) -> tuple[list[int], int]:
         """The ticks to send now for a service due at ``due_ms``, and its next due time.
@@ -123,15 +148,13 @@ class Schedule:
         ``CATCHUP_ALL_LIMIT`` (the newest ones). The next due time is always after ``now_ms``,
         so nothing missed ever comes back as a burst.
         """
-        missed = [due_ms]
-        following = self.next_fire_ms(name, due_ms)
-        while following <= now_ms:
-            missed.append(following)
-            if len(missed) > CATCHUP_ALL_LIMIT:
-                missed.pop(0)
-            following = self.next_fire_ms(name, following)
-        if len(missed) == 1 and now_ms - due_ms <= ON_TIME_SECONDS * 1000:
-            return missed, following
+        following = self.next_fire_ms(name, now_ms)
+        if self.next_fire_ms(name, due_ms) > now_ms:  # no later slot passed
+            missed = [due_ms]
+            if now_ms - due_ms <= ON_TIME_SECONDS * 1000:
+                return missed, following
+        else:
+            missed = self._newest_fires(name, due_ms, now_ms, CATCHUP_ALL_LIMIT)
         if self.catchup == "skip":
             return [], following
         if self.catchup == "all":
@@ -172,7 +195,7 @@ def seconds_text(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    return f"{seconds:.15g}s"
 
 
 def parse_seconds(text: str, what: str) -> float:
@@ -203,6 +226,12 @@ def check(schedule: Schedule) -> None:
         _check_cron(schedule.cron)
     if not (_is_number(schedule.jitter_seconds) and 0 <= schedule.jitter_seconds <= 86400):
         raise ScheduleError(f"jitter must be from 0 to 1d, got {schedule.jitter_seconds!r}")
+    shortest = _shortest_period_seconds(schedule)
+    if schedule.jitter_seconds and schedule.jitter_seconds >= shortest:
+        # A tick could then fall due after the next slot's and be lost: slots keep their order.
+        raise ScheduleError(
+            f"jitter must be shorter than the schedule's shortest period "
+            f"({seconds_text(shortest)}), got {seconds_text(schedule.jitter_seconds)}")
     if schedule.catchup not in CATCHUP_POLICIES:
         raise ScheduleError(f"catchup must be one of {', '.join(CATCHUP_POLICIES)}, "
                             f"got {schedule.catchup!r}")
@@ -210,6 +239,22 @@ def check(schedule: Schedule) -> None:
             and 0 <= schedule.catchup_window_seconds <= MAX_SECONDS):
         raise ScheduleError("catchup window must be a number of seconds >= 0, "
                             f"got {schedule.catchup_window_seconds!r}")
+
+
+def check_text_field(field: str, value: Any) -> None:
+    """One of the schedule's text fields (``cron``, ``timezone``, ``catchup``) on its own, so
+    that a refusal can name where the value came from; None means unset."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ScheduleError(f"{field} must be text, got {value!r}")
+    if field == "cron":
+        _check_cron(value)
+    elif field == "timezone":
+        _zone(value)
+    elif field == "catchup" and value not in CATCHUP_POLICIES:
+        raise ScheduleError(f"catchup must be one of {', '.join(CATCHUP_POLICIES)}, "
+                            f"got {value!r}")
 
 
 def effective(base: Schedule, override: Mapping[str, Any] | None) -> Schedule:
@@ -261,6 +306,27 @@ def _check_cron(expression: str) -> None:
     except (CronSimError, TypeError, ValueError) as exc:
         raise ScheduleError(f"cron expression {expression!r} is invalid ({exc}): expected five "
                             "fields, minute hour day-of-month month day-of-week") from None
+
+
+def _shortest_period_seconds(schedule: Schedule) -> float:
+    if schedule.cron is None:
+        return float(schedule.every_seconds or 0)
+    return _shortest_cron_period(schedule.cron, schedule.timezone)
+
+
+@lru_cache(maxsize=256)
+def _shortest_cron_period(expression: str, timezone: str) -> float:
+    # Over a year of slots from a fixed date (at most 2,000): enough to meet every field's
+    # shortest step, a DST change included.
+    it = CronSim(expression, datetime(2001, 1, 1, tzinfo=_zone(timezone)))
+    previous, shortest = next(it), math.inf
+    for _ in range(2000):
+        current = next(it)
+        shortest = min(shortest, (current - previous).total_seconds())
+        if (current - datetime(2001, 1, 1, tzinfo=current.tzinfo)).days > 366:
+            break
+        previous = current
+    return shortest
 
 
 def _stable_hash(text: str) -> int:

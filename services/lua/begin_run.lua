@@ -22,10 +22,13 @@
 -- ARGV[11] remembered     'paused' | 'stopped' | '': this service as this process last saw it
 --                         (after a loss, a remembered pause or stop is merged in: it wins)
 -- ARGV[12] slot_ms        a Beat tick's due time ('' for none): each slot runs at most once
---                         and in order. A regular tick must also pass the gap check (with a
---                         gap from the effective schedule, which the tick carries); a catchup
---                         tick (a replayed missed slot) only the slot check, and does not
---                         move last_tick_at
+--                         and in order. A regular tick must also pass the gap check, with
+--                         ARGV[5] from the tick's own period (to the next slot) or, when
+--                         shorter, the period since the last slot that ran: both come from
+--                         the effective schedule, so an on-time tick after a short period (a
+--                         23-hour DST day, a weekend's end, jitter) still runs. A catchup tick
+--                         (a replayed missed slot) passes on its slot alone and does not move
+--                         last_tick_at
 --
 -- Returns {verdict, detail, now_ms, warnings, epoch, kind}
 --   go               detail = run sequence number (fencing token); kind = the run's kind
@@ -158,15 +161,28 @@ if last_tick and last_tick > now + tick_gap then
   table.insert(warnings, 'last_tick_at=' .. h[4])
   last_tick = nil
 end
+-- Beat sends a slot once it is due, so no slot is ever ahead of Redis's clock by more than a
+-- clock step: one further ahead (a clock that jumped back, a hand edit) would refuse every
+-- tick until then, so it is ignored (stored) or refused to be stored (incoming), with a warning.
+local SLOT_AHEAD_MS = 60000
 local slot = tonumber(ARGV[12])
+if slot and slot > now + SLOT_AHEAD_MS then
+  table.insert(warnings, 'slot=' .. ARGV[12])
+  slot = nil
+end
 local last_slot = number('last_slot', h[12])
-if last_slot and last_slot > now + max_ahead then
+if last_slot and last_slot > now + SLOT_AHEAD_MS then
   table.insert(warnings, 'last_slot=' .. h[12])
   last_slot = nil
 end
 local ticking = kind == 'tick' or kind == 'catchup'
 if ticking and slot and last_slot and slot <= last_slot then
   return {'duplicate', h[12], now, warnings, epoch, kind}
+end
+if kind == 'tick' and slot and last_slot then
+  -- services.schedule.tick_gap of the period since the last slot, if shorter
+  local since = slot - last_slot
+  tick_gap = math.min(tick_gap, since - math.min(since * 0.25, 1000))
 end
 if (kind == 'tick' or kind == 'loop') and last_tick and now - last_tick < tick_gap then
   return {'duplicate', h[4], now, warnings, epoch, kind}

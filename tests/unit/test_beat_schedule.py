@@ -419,10 +419,6 @@ def test_a_live_override_moves_the_due_time_within_one_pass(
     assert len(queued(redis_client, prefix)) - sent <= 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "beat_schedule/scheduler.py _reload records the new version even when its beat_advance "
-    "was refused (deposed); after claiming the lease again the version matches and the "
-    "Beat never schedules what that reload should have"))
 def test_a_reload_cut_short_by_losing_the_lease_is_done_again_on_leading_again(
         store: StateStore, beats: Callable[[], Beat], redis_client: redis.Redis,
         prefix: str) -> None:
@@ -450,11 +446,6 @@ def test_a_reload_cut_short_by_losing_the_lease_is_done_again_on_leading_again(
              "beta to be scheduled")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "beat_schedule/scheduler.py _pass calls beat_poll outside state.reaching(): a leader "
-    "whose lease renewal is not yet due meets a Redis outage there first, and the raw "
-    "redis.ConnectionError escapes tick() (Celery's Beat loop dies) instead of being "
-    "logged as an outage"))
 def test_a_redis_outage_mid_leadership_is_an_outage_not_a_crash(
         store: StateStore, beats: Callable[[], Beat], redis_client: redis.Redis,
         prefix: str) -> None:

@@ -384,10 +384,6 @@ def test_bad_schedule_values_in_the_environment_name_the_service_and_value(
     assert value in message or str(float(value)) in message, message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "services/config.py resolve_config: a bad cron, timezone or catchup (or a jitter above "
-    "1d) is reported from Schedule's check without its source, though config.py promises "
-    "errors that name where the value came from, as every numeric field's do"))
 @pytest.mark.parametrize(("variable", "value"), [
     ("SVC_NIGHTLY_CRON", "61 * * * *"),
     ("SVC_NIGHTLY_TIMEZONE", "Mars/Olympus"),

@@ -157,11 +157,6 @@ def test_a_last_slot_absurdly_far_ahead_is_ignored_with_a_warning(store, redis_c
     assert redis_client.hget(store.keys.state("future-slot"), "last_slot") == str(slot)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "services/lua/begin_run.lua ignores a last_slot only beyond now + max_ahead_ms (about 31 "
-    "years), while a Beat slot is never ahead of Redis's own clock: after that clock stepped "
-    "back an hour (or a hand edit), every tick is a duplicate for that hour, where "
-    "last_tick_at from the future is ignored beyond tick_gap"))
 def test_a_last_slot_an_hour_ahead_does_not_stop_the_service(store, redis_client):
     ahead = redis_now_ms(store) + 3_600_000
     redis_client.hset(store.keys.state("clock-back"), "last_slot", str(ahead))
@@ -240,12 +235,6 @@ def test_a_regular_tick_one_period_after_the_last_runs(store, redis_client, case
     assert run_slot_tick(store, case, slot) == "go"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "services/schedule.py TickSlot.gap_seconds (used by services/runner.py _gap) takes the "
-    "duplicate window from the period AFTER the tick (next_slot - slot), while the guard "
-    "compares it with the time since the tick BEFORE: where the next period is longer "
-    "(a daily cron on the spring DST day, Friday of a weekdays cron, 10:00 of '0 9,10 * * *', "
-    "a jitter) the on-time tick is refused as a duplicate"))
 @pytest.mark.parametrize("case", sorted(LOST_TICKS))
 def test_a_regular_tick_is_not_a_duplicate_when_the_next_period_is_longer(store, redis_client,
                                                                          case):
@@ -255,9 +244,6 @@ def test_a_regular_tick_is_not_a_duplicate_when_the_next_period_is_longer(store,
     assert run_slot_tick(store, case, slot) == "go"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "services/schedule.py TickSlot.gap_seconds: with jitter the next slot can be further off "
-    "than the one before was; the on-time tick is then refused as a duplicate"))
 def test_a_jittered_tick_is_not_a_duplicate(store, redis_client):
     schedule = Schedule(every_seconds=60, jitter_seconds=30)
     # The first slot that follows its predecessor sooner than the next one follows it.
