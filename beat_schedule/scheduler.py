@@ -41,6 +41,10 @@ from services.state import StateStore
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+# One reconnect and one more try, not Celery's default three: a tick the broker refuses keeps
+# its due time anyway, and the shorter a failing send blocks, the shorter the time a due
+# time is advanced for a tick not yet sent (lost if Beat is killed just then).
+SEND_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 BATCH_SIZE = 1000
 STATS_EVERY_SECONDS = 2.0
 STATS_TTL_SECONDS = 300
@@ -130,10 +134,10 @@ class RedisScheduler(Scheduler):
         if leader != self.lease.value:
             self.lease.deposed(str(leader))
             return POLL_SECONDS
-        if version != self.version:
-            self._reload(now_ms, str(version))
-        due = [(str(flat_due[i]), int(float(flat_due[i + 1]))) for i in range(0, len(flat_due), 2)]
         upcoming = [int(float(next_ms))] if next_ms != "" else []
+        if version != self.version:
+            upcoming += self._reload(now_ms, str(version))
+        due = [(str(flat_due[i]), int(float(flat_due[i + 1]))) for i in range(0, len(flat_due), 2)]
         if due:
             upcoming += self._send_due(due, now_ms, polled_at)
         self._write_stats(now_ms)
@@ -183,8 +187,8 @@ class RedisScheduler(Scheduler):
             if plan.kind == "tick":  # the worker's duplicate window: this slot's period
                 arguments["next_slot"] = plan.following_ms
             try:
-                self.app.send_task(task, kwargs=arguments,
-                                   producer=self.producer, task_id=identifier, **options)
+                self.app.send_task(task, kwargs=arguments, producer=self.producer,
+                                   task_id=identifier, retry_policy=SEND_RETRY, **options)
             except Exception as exc:  # the broker's error, or a bug: never stop the loop
                 cause = self._broker_error(exc)
                 if cause is None:
@@ -226,8 +230,9 @@ class RedisScheduler(Scheduler):
 
     # -- reloading the schedule ------------------------------------------------------------
 
-    def _reload(self, now_ms: int, version: str) -> None:
-        """Read registrations and overrides again, and schedule what is new or changed."""
+    def _reload(self, now_ms: int, version: str) -> list[int]:
+        """Read registrations and overrides again, and schedule what is new or changed;
+        returns the due times written (so that the pass does not sleep past them)."""
         registrations = self.state.registered()
         if not registrations and self.registrations:
             # Redis lost its data: put back what workers had registered, as they would.
@@ -251,8 +256,9 @@ class RedisScheduler(Scheduler):
                         "rescheduled" if name in due else "scheduled",
                         entry.schedule.describe(), first / 1000)
         changes += [(name, due_ms, "", "") for name, due_ms in due.items() if name not in resolved]
-        self._advance(changes)
+        changed = set(self._advance(changes))
         self.resolved, self.registrations, self.version = resolved, registrations, version
+        return [int(change[2]) for change in changes if change[0] in changed and change[2] != ""]
 
     def _write_stats(self, now_ms: int) -> None:
         if time.monotonic() - self.stats_at < STATS_EVERY_SECONDS:

@@ -69,11 +69,6 @@ class RunReport:
         return f"ran {self.ticket.run_id}: {outcome}"
 
 
-def _gap(service: AbstractService, slot: TickSlot | None) -> float:
-    from_schedule = slot.gap_seconds() if slot is not None else None
-    return from_schedule if from_schedule is not None else tick_gap(service.interval_seconds)
-
-
 def describe(error: BaseException) -> str:
     """One line for Redis: the exception's type and message, then where it was raised."""
     frames = traceback.extract_tb(error.__traceback__)
@@ -90,13 +85,16 @@ async def run_once(service: AbstractService, kind: str, keeper: LeaseKeeper,
 
     ``limit_errors``: exceptions a host raises for its own time limit (Celery's
     ``SoftTimeLimitExceeded``): such a run is a ``timeout`` too. ``slot``: where a Beat tick
-    sits in the schedule; its gap, not the service's own interval, is the duplicate window."""
+    sits in the schedule; its slots, not the service's own interval, make the duplicate
+    window."""
     store = service.state
     with logs.bound(service.name):
         decision = store.begin(
             service.name, kind=kind, max_runs=service.max_concurrent_runs,
-            tick_gap_seconds=_gap(service, slot), cooldown_seconds=service.stop_cooldown_seconds,
-            slot_ms=None if slot is None else slot.at_ms)
+            tick_gap_seconds=tick_gap(service.interval_seconds),
+            cooldown_seconds=service.stop_cooldown_seconds,
+            slot_ms=None if slot is None else slot.at_ms,
+            next_slot_ms=None if slot is None else slot.next_ms)
         _log_decision(store.keys.state(service.name), decision)
         if decision.ticket is None:
             return RunReport(decision)

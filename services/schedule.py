@@ -172,16 +172,12 @@ def tick_gap(period_seconds: float) -> float:
 @dataclass(frozen=True)
 class TickSlot:
     """What a Beat tick says about its place in the schedule: its due time and, for a regular
-    tick, the next slot's. The worker's duplicate window comes from these two, that is from
-    the effective schedule Beat used, never from the worker's own settings."""
+    tick, the next slot's. The guard's duplicate check comes from these (and the last slot
+    that ran), that is from the effective schedule Beat used, never from the worker's own
+    settings (``services/lua/begin_run.lua``)."""
 
     at_ms: int
     next_ms: int | None = None
-
-    def gap_seconds(self) -> float | None:
-        if self.next_ms is None or self.next_ms <= self.at_ms:
-            return None
-        return tick_gap((self.next_ms - self.at_ms) / 1000)
 
 
 def is_catchup(ticks: list[int], due_ms: int, now_ms: int) -> bool:

@@ -192,12 +192,14 @@ class StateStore:
     # -- runs ------------------------------------------------------------------------------
 
     def begin(self, name: str, *, kind: str, max_runs: int, tick_gap_seconds: float,
-              cooldown_seconds: float = 0.0, slot_ms: int | None = None) -> Decision:
+              cooldown_seconds: float = 0.0, slot_ms: int | None = None,
+              next_slot_ms: int | None = None) -> Decision:
         """The guard: run now or not, and why not. On ``go`` the lease is held. A service held
         after Redis lost its data is restored first if this process saw its flags.
-        ``slot_ms``: a Beat tick's slot; each runs once, in order, instead of the gap check."""
+        ``slot_ms``, ``next_slot_ms``: a Beat tick's slot and the one after it (see
+        ``begin_run.lua``: each slot runs once, in order; the gap check is the schedule's)."""
         guard = functools.partial(self._guard, name, kind, max_runs, tick_gap_seconds,
-                                  cooldown_seconds, slot_ms=slot_ms)
+                                  cooldown_seconds, slots=(slot_ms, next_slot_ms))
         decision = guard()
         if decision.verdict == HELD:
             restored = self._restore(name, decision)
@@ -207,7 +209,8 @@ class StateStore:
         return decision
 
     def _guard(self, name: str, kind: str, max_runs: int, tick_gap_seconds: float,
-               cooldown_seconds: float, *, slot_ms: int | None) -> Decision:
+               cooldown_seconds: float, *,
+               slots: tuple[int | None, int | None]) -> Decision:
         memory = self.memory
         with self._reaching_cm:
             # 48 random bits, as the first 12 hex digits of a uuid4 were, @ host:pid.
@@ -217,7 +220,7 @@ class StateStore:
                 (token, self.lease_ms, max_runs, kind, int(tick_gap_seconds * 1000),
                  memory.epoch, durability.new_epoch_id(), int(cooldown_seconds * 1000),
                  MAX_AHEAD_MS, self.history_length, memory.remembered(name),
-                 "" if slot_ms is None else int(slot_ms)))
+                 *("" if slot is None else int(slot) for slot in slots)))
         memory.epoch = epoch
         memory.note(name, verdict, detail, int(now_ms))
         if verdict == HELD:

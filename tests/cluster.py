@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import pytest
-
 from services.keys import Keys
 from services.state import StateStore, connect_redis
 from tests.waiting import wait_for
@@ -54,15 +52,6 @@ def logged_at(line: str) -> float:
 
 def lines_with(text: str, needle: str) -> list[str]:
     return [line for line in text.splitlines() if needle in line]
-
-
-def known_bug(holds: bool, bug: str, detail: object = "") -> None:
-    """The last check of a test, one a reported bug in code the test does not own breaks: the
-    test xfails (saying which bug) while it does, and fails once the check holds (strict), so
-    that the call is removed with the fix. Every other check of the test has run before."""
-    if holds:
-        pytest.fail(f"XPASS(strict): no longer happens, remove this known_bug(): {bug}")
-    pytest.xfail(f"{bug} (observed: {detail})")
 
 
 @dataclass

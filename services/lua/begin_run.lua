@@ -22,13 +22,14 @@
 -- ARGV[11] remembered     'paused' | 'stopped' | '': this service as this process last saw it
 --                         (after a loss, a remembered pause or stop is merged in: it wins)
 -- ARGV[12] slot_ms        a Beat tick's due time ('' for none): each slot runs at most once
---                         and in order. A regular tick must also pass the gap check, with
---                         ARGV[5] from the tick's own period (to the next slot) or, when
---                         shorter, the period since the last slot that ran: both come from
---                         the effective schedule, so an on-time tick after a short period (a
---                         23-hour DST day, a weekend's end, jitter) still runs. A catchup tick
---                         (a replayed missed slot) passes on its slot alone and does not move
---                         last_tick_at
+--                         and in order. A catchup tick (a replayed missed slot) passes on its
+--                         slot alone and does not move last_tick_at. A regular tick on time
+--                         (at most a slack after its slot) always runs; a late one (queued
+--                         while workers were down or busy) only if the last regular tick ran
+--                         at least period - slack ago. The period is the smaller of the tick's
+--                         own (to ARGV[13]) and the one since the last slot, slack = min(period
+--                         / 4, 1 s): all from the effective schedule, none from ARGV[5]
+-- ARGV[13] next_slot_ms   the slot after a regular tick's ('' for none)
 --
 -- Returns {verdict, detail, now_ms, warnings, epoch, kind}
 --   go               detail = run sequence number (fencing token); kind = the run's kind
@@ -179,12 +180,17 @@ local ticking = kind == 'tick' or kind == 'catchup'
 if ticking and slot and last_slot and slot <= last_slot then
   return {'duplicate', h[12], now, warnings, epoch, kind}
 end
-if kind == 'tick' and slot and last_slot then
-  -- services.schedule.tick_gap of the period since the last slot, if shorter
-  local since = slot - last_slot
-  tick_gap = math.min(tick_gap, since - math.min(since * 0.25, 1000))
-end
-if (kind == 'tick' or kind == 'loop') and last_tick and now - last_tick < tick_gap then
+if kind == 'tick' and slot then
+  local next_slot = tonumber(ARGV[13])
+  local period = next_slot and next_slot > slot and next_slot - slot or nil
+  if last_slot then period = math.min(period or math.huge, slot - last_slot) end
+  if period then
+    local slack = math.min(period * 0.25, 1000)  -- as services.schedule.tick_gap
+    if now - slot > slack and last_tick and now - last_tick < period - slack then
+      return {'duplicate', h[4], now, warnings, epoch, kind}
+    end
+  end
+elseif (kind == 'tick' or kind == 'loop') and last_tick and now - last_tick < tick_gap then
   return {'duplicate', h[4], now, warnings, epoch, kind}
 end
 local failures = number('failures', h[5]) or 0

@@ -28,7 +28,6 @@ from tests.cluster import (
     SENT_TICK,
     Cluster,
     Proc,
-    known_bug,
     lines_with,
     logged_at,
     tick_ids,
@@ -223,10 +222,7 @@ def test_restarted_beat_neither_skips_nor_doubles_the_due_tick(
     assert due_a in due and due_b in due, (due_a, due_b, due)
     assert set(slots) <= set(due) and slots == sorted(set(slots)), slots  # none twice, in order
     # And each one ran.
-    known_bug(slots == due, "after a restart, the tick of the slot that fell due while Beat was "
-              "down runs late, and the guard refuses the next, on-time tick as a duplicate "
-              "(begin_run.lua: the gap check on last_tick_at for ticks that carry a slot)",
-              (sorted(set(due) - set(slots)), refused))
+    assert slots == due, (sorted(set(due) - set(slots)), refused)
 
 
 # -- catch-up after missed slots ---------------------------------------------------------------

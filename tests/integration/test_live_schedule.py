@@ -23,7 +23,6 @@ from tests.cluster import (
     SENT_TICK,
     Cluster,
     Proc,
-    known_bug,
     lines_with,
     logged_at,
     tick_slots,
@@ -202,8 +201,4 @@ def test_a_service_a_new_worker_registers_is_scheduled_without_restarting_beat(
     # From its first tick on, every 0.5 s, each sent tick ran.
     assert steps(sent) == [500] * (len(sent) - 1), sent
     assert set(ran) <= set(sent) and ran == sorted(set(ran)), (sent, ran)
-    known_bug(ran == sent, "the first tick of a newly scheduled service goes out up to 0.5 s "
-              "late (RedisScheduler._pass sleeps on the due times it polled before _reload), "
-              "and the guard refuses the next, on-time tick as a duplicate (begin_run.lua: "
-              "the gap check on last_tick_at for ticks that carry a slot)",
-              (sorted(set(sent) - set(ran)), refused))
+    assert ran == sent, (sorted(set(sent) - set(ran)), refused)

@@ -24,7 +24,6 @@ from services.schedule import (
     ON_TIME_SECONDS,
     Schedule,
     ScheduleError,
-    TickSlot,
     effective,
     from_registration,
     is_catchup,
@@ -506,12 +505,6 @@ def test_seconds_text_round_trips_every_allowed_duration(seconds: float) -> None
                                              (86_400, 86_399)])
 def test_the_duplicate_window_is_the_period_less_a_slack(period: float, gap: float) -> None:
     assert tick_gap(period) == pytest.approx(gap)
-
-
-def test_a_tick_without_a_later_slot_has_no_window_of_its_own() -> None:
-    assert TickSlot(1_000).gap_seconds() is None
-    assert TickSlot(1_000, 1_000).gap_seconds() is None
-    assert TickSlot(1_000, 999).gap_seconds() is None
 
 
 def test_on_time_and_catch_up_ticks_are_told_apart() -> None:

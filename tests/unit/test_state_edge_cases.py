@@ -256,3 +256,47 @@ def test_a_jittered_tick_is_not_a_duplicate(store, redis_client):
         previous = at
     slot = after_previous_slot(store, redis_client, "jittered", schedule, previous)
     assert run_slot_tick(store, "jittered", slot) == "go"
+
+
+# -- the duplicate window of a regular tick: on time always runs, a late one only after a gap ---
+
+
+def regular_tick(store: StateStore, name: str, slot: int, next_slot: int) -> Decision:
+    decision = store.begin(name, kind="tick", max_runs=1, tick_gap_seconds=3600,
+                           slot_ms=slot, next_slot_ms=next_slot)
+    if decision.ticket is not None:
+        store.finish(decision.ticket, error=None, max_failures=3, retry_delay_seconds=0)
+    return decision
+
+
+def test_an_on_time_tick_runs_right_after_a_late_one(store):
+    # Every 10 s: the tick of slot now-9.5 s ran late (just now); the tick of slot now is on
+    # time and must run although the last run was a moment ago (a restarted Beat, a worker
+    # that was busy). The service's own interval (3600 s, as tick_gap_seconds) plays no part.
+    now = redis_now_ms(store)
+    assert regular_tick(store, "late-then-on-time", now - 9_500, now + 500).go
+    assert regular_tick(store, "late-then-on-time", now, now + 10_000).go
+
+
+def test_ticks_queued_while_workers_were_down_do_not_burst(store):
+    # Every 1 s, three ticks queued for slots now-3 s .. now-1 s, handled at once: the first
+    # runs, the later ones are late and come too soon after it, so they are duplicates.
+    now = redis_now_ms(store)
+    verdicts = [regular_tick(store, "queued", now - 3_000 + k * 1_000,
+                             now - 2_000 + k * 1_000).verdict for k in range(3)]
+    assert verdicts == ["go", "duplicate", "duplicate"]
+    # The next on-time tick runs.
+    assert regular_tick(store, "queued", now + 50, now + 1_050).go
+
+
+def test_late_ticks_of_a_slow_worker_still_run_at_the_schedule_rate(store, redis_client):
+    # Every 1 s with every tick handled 1.5 s late (a worker busy for longer than the
+    # period): each is late, but the last run was one period ago, so each runs.
+    now = redis_now_ms(store)
+    key = store.keys.state("slow-worker")
+    for k in range(3):
+        slot = now - 1_500 - (2 - k) * 1_000
+        # last_tick_at one period before "now" for this tick, as if it ran 1.5 s late too
+        if k:
+            redis_client.hset(key, "last_tick_at", now - 1_000)
+        assert regular_tick(store, "slow-worker", slot, slot + 1_000).go
