@@ -53,11 +53,11 @@ def _bare_app() -> Celery:
 
 
 if ARM == "ours":
+    from bench.beat_experiments import apply_experiments
     from worker.celery_app import app
 
-    if os.environ.get("BENCH_BEAT_NO_SENT_EVENT"):
-        # An experiment (bench/beat.py --no-sent-event), not the project's setting.
-        app.conf.task_send_sent_event = False
+    # Off unless bench/beat.py --experiment asked: the project's app as it is.
+    apply_experiments(app, os.environ.get("BENCH_BEAT_EXPERIMENTS", ""))
 elif ARM == "plain":
     app = _bare_app()
     app.conf.beat_scheduler = "bench.beat_apps:PlainProbeScheduler"
