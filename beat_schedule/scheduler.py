@@ -32,7 +32,7 @@ from beat_schedule import tick_id, tick_message_options
 from beat_schedule.lateness import Lateness
 from beat_schedule.leader import BeatLease
 from beat_schedule.store import Resolved, ScheduleStore, resolve_all
-from services.errors import StateUnavailableError
+from services.errors import StateCorruptError, StateUnavailableError
 from services.outage import Outage
 from services.schedule import is_catchup
 from services.settings import get_settings, redact_url
@@ -82,6 +82,7 @@ class RedisScheduler(Scheduler):
         self.stats_at = 0.0
         self.redis_outage = Outage(logger, f"service state (Redis at {self.state.redis_url})")
         self.broker_outage = Outage(logger, f"the broker ({redact_url(app.conf.broker_url)})")
+        self.pass_failure = Outage(logger, "beat's scheduler pass")
         super().__init__(app, *args, **kwargs)
 
     # -- Celery's Scheduler interface ------------------------------------------------------
@@ -90,12 +91,17 @@ class RedisScheduler(Scheduler):
         """One pass; returns how long Beat may sleep before the next."""
         try:
             delay = self._pass()
-        except StateUnavailableError as exc:
+        except (StateUnavailableError, StateCorruptError) as exc:
             self.redis_outage.failed(exc)
             if self.lease.leading and self.lease.expired_locally():
                 self.lease.deposed("")
             return POLL_SECONDS
+        except Exception as exc:  # a bug must not end Beat (and with it every schedule)
+            if self.pass_failure.failed(f"{type(exc).__name__}: {exc}"):
+                logger.error("beat: the scheduler's pass failed", exc_info=True)
+            return POLL_SECONDS
         self.redis_outage.recovered()
+        self.pass_failure.recovered()
         if self.lease.leading:
             # The app's own beat_schedule entries (not services): Celery's scheduler, leader only.
             delay = min(delay, super().tick(*args, **kwargs))

@@ -465,3 +465,28 @@ def test_a_redis_outage_mid_leadership_is_an_outage_not_a_crash(
     finally:
         client.connection_pool.disconnect()
         client.connection_pool = reachable
+
+
+def test_a_schedule_key_of_the_wrong_type_is_logged_once_and_beat_goes_on(
+        store: StateStore, beats: Callable[[], Beat], redis_client: redis.Redis, prefix: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    register(store, "alpha")
+    beat = beats()
+    lead(store, beat, redis_client, prefix)
+    due = store.keys.due()
+    saved = redis_client.zrange(due, 0, -1, withscores=True)
+    redis_client.delete(due)
+    redis_client.set(due, "not a sorted set")  # a hand edit: SET where ZADD belonged
+    try:
+        with caplog.at_level("ERROR"):
+            for _ in range(3):
+                assert 0 <= beat.tick() <= 1  # no exception out of tick(): Beat lives
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1, errors  # logged once, not per pass
+        assert "wrong Redis type" in errors[0].getMessage()
+    finally:
+        redis_client.delete(due)
+        redis_client.zadd(due, dict(saved))
+    sent_before = len(beat.sent)
+    wait_for(lambda: beat.tick() is not None and len(beat.sent) > sent_before, 10,
+             "ticks again once the key is fixed")
