@@ -41,6 +41,11 @@ from services.state import StateStore
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+# Passes at least this far apart while ticks are due one after another: one poll and one
+# advance then serve every tick of the window (measured: 9-11% of a core at 1,000 services
+# every 10 s with a pass per tick, about 7% with passes coalesced), for at most this much
+# lateness.
+MIN_PASS_SECONDS = 0.05
 # One reconnect and one more try, not Celery's default three: a tick the broker refuses keeps
 # its due time anyway, and the shorter a failing send blocks, the shorter the time a due
 # time is advanced for a tick not yet sent (lost if Beat is killed just then).
@@ -84,6 +89,9 @@ class RedisScheduler(Scheduler):
         self.broker_outage = Outage(logger, f"the broker ({redact_url(app.conf.broker_url)})")
         self.pass_failure = Outage(logger, "beat's scheduler pass")
         super().__init__(app, *args, **kwargs)
+        # No task-sent event per tick from Beat (a fifth of its CPU at 1,000 ticks/s):
+        # Flower still sees every run from the workers' received/started/succeeded events.
+        app.conf.task_send_sent_event = False
 
     # -- Celery's Scheduler interface ------------------------------------------------------
 
@@ -151,7 +159,7 @@ class RedisScheduler(Scheduler):
             return 0.0
         elapsed_ms = (time.monotonic() - polled_at) * 1000
         wait_ms = min(upcoming, default=now_ms + POLL_SECONDS * 1000) - now_ms - elapsed_ms
-        return min(POLL_SECONDS, wait_ms / 1000)
+        return min(POLL_SECONDS, max(MIN_PASS_SECONDS, wait_ms / 1000))
 
     def _send_due(self, due: Sequence[tuple[str, int]], now_ms: int,
                   polled_at: float) -> list[int]:
