@@ -21,9 +21,8 @@ from services.schedule import Schedule, ScheduleError, from_registration
 from services.state import StateStore
 from worker.ops_keys import WrongTypeError, finite_number, json_object, naming, wrong_types
 
-# The leader writes its stats every 2 s (beat_schedule.scheduler.STATS_EVERY_SECONDS); five
-# missed writes mean it is stuck or gone, not merely busy. Beat stamps them with its own
-# host's clock, so this also absorbs a few seconds of skew against Redis's.
+# The leader writes its stats every 2 s (beat_schedule.scheduler.STATS_EVERY_SECONDS), stamped
+# with Redis's clock; five missed writes mean it is stuck or gone, not merely busy.
 STATS_STALE_SECONDS = 10.0
 LATENESS_FIELDS = {"p50": "lateness_p50", "p99": "lateness_p99", "max": "lateness_max"}
 
