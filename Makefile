@@ -29,6 +29,7 @@ migrate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/claim.py
+	$(BIN)/python bench/beat.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
