@@ -130,6 +130,25 @@ class ScheduleStore:
         base, _ = self._base_and_override(name)
         return base, self._write(name, None, "schedule-reset", base, who=who, reason=reason)
 
+    def forget(self, name: str, *, who: str, reason: str = "") -> dict[str, Any]:
+        """Drop a service from the cluster: its registration and live override, so that Beat
+        unschedules it at its next poll (a service removed from the code would otherwise be
+        ticked for ever, each tick an "unregistered task" on the workers). Its state, history
+        and audit stay. A worker that still runs it registers it again when it starts."""
+        self._base_and_override(name)  # refuses a name no worker registered
+        with self.state.reaching():
+            seconds, micros = self.client.time()
+            entry = {"action": "forget", "by": who, "at": seconds + micros / 1e6,
+                     "reason": reason}
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.hdel(self.keys.index(), name)
+                pipe.hdel(self.keys.schedules(), name)
+                pipe.lpush(self.keys.audit(name), json.dumps(entry))
+                pipe.ltrim(self.keys.audit(name), 0, self.state.audit_length - 1)
+                pipe.incr(self.keys.schedule_version())
+                pipe.execute()
+        return entry
+
     def _base_and_override(self, name: str) -> tuple[Schedule, dict[str, Any]]:
         try:
             validate_name(name)

@@ -26,7 +26,7 @@ from services.errors import ServiceConfigError, StateCorruptError
 from services.settings import load_settings, redact_url
 from worker import cli_render as render
 from worker.cli_edge import EXIT_FAILED, EXIT_USAGE, OneLineGroup, edge, fail
-from worker.cli_schedule import schedule
+from worker.cli_schedule import forget, schedule
 from worker.ops import Operator, actor, check_reason
 from worker.ops_schedule import read_beat
 
@@ -300,6 +300,7 @@ def trigger(ctx: typer.Context, names: Annotated[list[str], typer.Argument(
 
 
 app.command("schedule")(schedule)
+app.command("forget")(forget)
 
 
 # -- serving and running -------------------------------------------------------------------

@@ -17,7 +17,7 @@ from services.schedule import Schedule, ScheduleError, parse_seconds, seconds_te
 from worker import cli_render as render
 from worker.cli_edge import edge
 from worker.ops import InvalidArgumentError, Operator, actor, check_reason
-from worker.ops_schedule import ScheduleInfo, change_schedule, read_schedules
+from worker.ops_schedule import ScheduleInfo, change_schedule, forget_service, read_schedules
 
 # Options that change the schedule -> the override field each sets.
 FIELDS = {"--every": "every_seconds", "--cron": "cron", "--tz": "timezone",
@@ -169,3 +169,35 @@ def schedule(
         out.print(render.cell(f"{name}: {what} by {entry['by']}{why}; Beat applies it at its "
                               "next poll"))
     out.print(schedule_grid(name, info, now))
+
+
+@edge
+def forget(
+    ctx: typer.Context,
+    names: Annotated[list[str], typer.Argument(help="Services no worker runs any more.")],
+    *,
+    reason: Annotated[str, typer.Option(
+        "--reason", "-r", help="Why: kept in the audit record.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Drop services removed from the code: their registration and live override go, and
+    Beat stops ticking them at its next poll. State, history and audit stay. A worker that
+    still runs one registers it again at its next start."""
+    op: Operator = ctx.obj
+    check_reason(reason)
+    resolved = op.resolve(names)
+    unregistered = [name for name in resolved if name not in op.registered]
+    if unregistered:
+        raise InvalidArgumentError(
+            f"{', '.join(unregistered)}: no worker registered it, so there is nothing to "
+            "forget (Beat does not schedule it)")
+    entries = {name: forget_service(op.store, name, who=actor(), reason=reason)
+               for name in resolved}
+    if as_json:
+        render.emit_json(entries)
+        return
+    out = render.console()
+    for name, entry in entries.items():
+        why = f": {entry['reason']}" if entry.get("reason") else ""
+        out.print(render.cell(f"{name}: forgotten by {entry['by']}{why}; Beat stops ticking "
+                              "it at its next poll"))

@@ -250,6 +250,18 @@ def change_schedule(store: StateStore, name: str, changes: Mapping[str, Any] | N
         return schedules.set_override(name, changes, who=who, reason=reason)
 
 
+def forget_service(store: StateStore, name: str, *, who: str, reason: str) -> dict[str, Any]:
+    """Drop ``name``'s registration and live override, audited (``ScheduleStore.forget``);
+    keys of the wrong type are refused first, as for a change."""
+    keys = store.keys
+    written = {keys.schedules(): "schedules", keys.audit(name): "audit", keys.index(): "index"}
+    problems = wrong_types(store, written)
+    if problems:
+        raise WrongTypeError("; ".join(problems) + "; nothing was changed")
+    with naming(store, written, changing=True):
+        return ScheduleStore(store).forget(name, who=who, reason=reason)
+
+
 
 def _whole(text: str | None) -> int | None:
     value = finite_number(text)

@@ -356,3 +356,30 @@ def test_a_schedule_key_of_the_wrong_type_is_one_line_naming_it(
     line = one_line(result.stderr)
     assert f"Redis key '{key}' is a string, {says}" in line, line
     assert snapshot(redis_url, prefix) == before
+
+
+# -- svc forget ------------------------------------------------------------------------------
+
+
+def test_forget_drops_the_registration_and_override_audited(
+        svc: Svc, store: StateStore, prefix: str) -> None:
+    register(store, "ticker", "slow")
+    assert svc("schedule", "ticker", "--every", "5s").exit_code == 0
+    version = store.client.get(store.keys.schedule_version())
+
+    result = svc("forget", "ticker", "--reason", "removed from the code")
+    assert result.exit_code == 0, result.output
+    assert "ticker: forgotten by" in result.stdout and "removed from the code" in result.stdout
+    assert sorted(store.registered()) == ["slow"]
+    assert store.client.hget(store.keys.schedules(), "ticker") is None
+    # Beat reloads on the new version and unschedules it.
+    assert store.client.get(store.keys.schedule_version()) != version
+    (entry, *_) = store.audit("ticker")
+    assert (entry["action"], entry["reason"]) == ("forget", "removed from the code")
+
+    # Forgetting it again: nothing is registered, so one line, exit 2, nothing written.
+    before = snapshot(svc.env["REDIS_URL"], prefix)
+    proc = svc.run("forget", "ticker")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "no worker registered it" in one_line(proc.stderr)
+    assert snapshot(svc.env["REDIS_URL"], prefix) == before
