@@ -248,8 +248,9 @@ class RedisScheduler(Scheduler):
         """Read registrations and overrides again, and schedule what is new or changed;
         returns the due times written (so that the pass does not sleep past them)."""
         registrations = self.state.registered()
-        if not registrations and self.registrations:
-            # Redis lost its data: put back what workers had registered, as they would.
+        if not registrations and self.registrations and version == "0":
+            # Redis lost its data (the version counter is gone too; `svc forget` of the last
+            # service bumps it): put back what workers had registered, as they would.
             logger.warning("beat: the registered services are gone from Redis (it lost its "
                            "data?); registering the %d this Beat knew again",
                            len(self.registrations))

@@ -490,3 +490,31 @@ def test_a_schedule_key_of_the_wrong_type_is_logged_once_and_beat_goes_on(
     sent_before = len(beat.sent)
     wait_for(lambda: beat.tick() is not None and len(beat.sent) > sent_before, 10,
              "ticks again once the key is fixed")
+
+
+def test_forgetting_the_last_service_unschedules_it_for_good(
+        store: StateStore, beats: Callable[[], Beat], redis_client: redis.Redis,
+        prefix: str) -> None:
+    register(store, "alpha")
+    beat = beats()
+    lead(store, beat, redis_client, prefix)
+    ScheduleStore(store).forget("alpha", who="test", reason="removed from the code")
+    beat.tick()
+    assert ScheduleStore(store).due_time("alpha") is None
+    tick_for(store, [beat], int(INTERVAL * 1000 * 3))
+    assert store.registered() == {}  # not put back as if Redis had lost it
+    assert ScheduleStore(store).due_time("alpha") is None
+
+
+def test_registrations_lost_with_redis_data_are_put_back(
+        store: StateStore, beats: Callable[[], Beat], redis_client: redis.Redis,
+        prefix: str) -> None:
+    register(store, "alpha")
+    beat = beats()
+    lead(store, beat, redis_client, prefix)
+    # What a FLUSHDB does to this prefix: every key gone, the version counter too.
+    for key in redis_client.scan_iter(f"{prefix}:*"):
+        redis_client.delete(key)
+    wait_for(lambda: (beat.tick(), ScheduleStore(store).due_time("alpha"))[1], 15,
+             "Beat to schedule alpha again")
+    assert sorted(store.registered()) == ["alpha"]
