@@ -1,4 +1,6 @@
 """How late ticks go out: due time to send, over the last minute, as the leader Beat saw it.
+Only regular ticks are timed: a catch-up replays slots missed while no Beat ran, late by
+design; those are counted (``catchups_sent``) instead.
 
 The leader writes :meth:`Lateness.summary` to ``<prefix>:_beat:stats`` every few seconds;
 ``svc status`` and ``svc_tick_lateness_seconds`` read it from there, so a Beat that falls
@@ -19,6 +21,8 @@ class Lateness:
     def __init__(self) -> None:
         self.samples: deque[tuple[float, float]] = deque(maxlen=MAX_SAMPLES)
         self.sent = 0
+        self.catchups = 0
+        """Catch-up messages sent (missed slots replayed; their lateness is not sampled)."""
 
     def add(self, seconds: float) -> None:
         self.samples.append((time.monotonic(), max(0.0, seconds)))
@@ -31,7 +35,8 @@ class Lateness:
         while self.samples and self.samples[0][0] < cutoff:
             self.samples.popleft()
         values = sorted(value for _, value in self.samples)
-        summary = {"ticks_sent": str(self.sent), "window_ticks": str(len(values)),
+        summary = {"ticks_sent": str(self.sent), "catchups_sent": str(self.catchups),
+                   "window_ticks": str(len(values)),
                    "lateness_p50": "", "lateness_p99": "", "lateness_max": ""}
         if values:
             summary.update(lateness_p50=f"{_quantile(values, 0.5):.4f}",

@@ -84,6 +84,7 @@ class RedisScheduler(Scheduler):
         self.resolved: dict[str, Resolved] = {}
         self.registrations: dict[str, dict[str, Any]] = {}
         self.version: str | None = None
+        self.followed_version: str | None = None
         self.stats_at = 0.0
         self.redis_outage = Outage(logger, f"service state (Redis at {self.state.redis_url})")
         self.broker_outage = Outage(logger, f"the broker ({redact_url(app.conf.broker_url)})")
@@ -133,10 +134,9 @@ class RedisScheduler(Scheduler):
     def _pass(self) -> float:
         if not self.lease.leading:
             if not self.lease.try_claim():
+                self._follow_registrations()
                 return POLL_SECONDS
-            # A new term: reload everything (a reload cut short by losing the lease before
-            # must not count as done).
-            self.version = None
+            self._begin_term()
         if not self.lease.renew_if_due():
             return POLL_SECONDS
         polled_at = time.monotonic()
@@ -154,6 +154,8 @@ class RedisScheduler(Scheduler):
         due = [(str(flat_due[i]), int(float(flat_due[i + 1]))) for i in range(0, len(flat_due), 2)]
         if due:
             upcoming += self._send_due(due, now_ms, polled_at)
+            if not self.lease.leading:  # deposed in the middle of the pass
+                return POLL_SECONDS
         self._write_stats(now_ms)
         if len(due) >= BATCH_SIZE:
             return 0.0
@@ -195,11 +197,8 @@ class RedisScheduler(Scheduler):
         """Send the ticks of one service; False when the broker could not take them."""
         task = f"svc.{plan.name}"
         options = tick_message_options(plan.resolved, sent_ms, plan.following_ms)
-        for fire_ms in plan.ticks:
+        for fire_ms, arguments in _messages(plan):
             identifier = tick_id(plan.name, fire_ms)
-            arguments: dict[str, Any] = {"kind": plan.kind, "slot": fire_ms}
-            if plan.kind == "tick":  # the worker's duplicate window: this slot's period
-                arguments["next_slot"] = plan.following_ms
             try:
                 self.app.send_task(task, kwargs=arguments, producer=self.producer,
                                    task_id=identifier, retry_policy=SEND_RETRY, **options)
@@ -213,7 +212,10 @@ class RedisScheduler(Scheduler):
                 return False
             logger.info(SENDING, task, task, identifier)
             self.broker_outage.recovered()
-            self.lateness.add((sent_ms - fire_ms) / 1000)
+            if plan.kind == "tick":
+                self.lateness.add((sent_ms - fire_ms) / 1000)
+            else:  # a replay of missed slots is late by design: counted, not timed
+                self.lateness.catchups += 1
         return True
 
     def _broker_error(self, exc: BaseException) -> BaseException | None:
@@ -242,7 +244,30 @@ class RedisScheduler(Scheduler):
             changed += [str(name) for name in reply[1:]]
         return changed
 
-    # -- reloading the schedule ------------------------------------------------------------
+    # -- terms and reloads ------------------------------------------------------------------
+
+    def _begin_term(self) -> None:
+        """This Beat just became the leader."""
+        # Reload everything: a reload cut short by losing the lease before must not count.
+        self.version = None
+        # The app's own beat_schedule entries start afresh (last run: now), as at a start:
+        # a standby never ran them, and its idea of their last run would make every one
+        # the old leader already sent look due again.
+        self.data = {}
+        self.setup_schedule()
+        self._heap = None
+
+    def _follow_registrations(self) -> None:
+        """A standby keeps a copy of what workers registered (read when the schedule's
+        version changes), so that after Redis lost its data it can put them back when it
+        leads, as the leader would have."""
+        with self.state.reaching():
+            version = str(self.state.client.get(self.state.keys.schedule_version()) or "0")
+        if version != self.followed_version:
+            registrations = self.state.registered()
+            if registrations:
+                self.registrations = registrations
+            self.followed_version = version
 
     def _reload(self, now_ms: int, version: str) -> list[int]:
         """Read registrations and overrides again, and schedule what is new or changed;
@@ -271,6 +296,10 @@ class RedisScheduler(Scheduler):
                         "rescheduled" if name in due else "scheduled",
                         entry.schedule.describe(), first / 1000)
         changes += [(name, due_ms, "", "") for name, due_ms in due.items() if name not in resolved]
+        if not registrations:
+            logger.warning("beat: no service is registered under %s, so there is nothing to "
+                           "schedule: workers register their services when they start",
+                           self.state.keys.index())
         changed = set(self._advance(changes))
         self.resolved, self.registrations, self.version = resolved, registrations, version
         return [int(change[2]) for change in changes if change[0] in changed and change[2] != ""]
@@ -287,6 +316,22 @@ class RedisScheduler(Scheduler):
             pipe.hset(key, mapping={**stats, "updated_at": f"{now_ms / 1000:.3f}"})
             pipe.expire(key, STATS_TTL_SECONDS)
             pipe.execute()
+
+
+def _messages(plan: Planned) -> list[tuple[int, dict[str, Any]]]:
+    """(first slot, task kwargs) of each message a plan sends: one per tick, except that
+    several missed slots go in one message, which the worker runs in order."""
+    if not plan.ticks:
+        return []
+    if plan.kind == "catchup":
+        first, *more = plan.ticks
+        arguments: dict[str, Any] = {"kind": "catchup", "slot": first}
+        if more:
+            arguments["more_slots"] = more
+        return [(first, arguments)]
+    # A regular tick carries the next slot too: the guard's duplicate window is its period.
+    return [(fire_ms, {"kind": "tick", "slot": fire_ms, "next_slot": plan.following_ms})
+            for fire_ms in plan.ticks]
 
 
 def _resolve(store: ScheduleStore, registrations: dict[str, dict[str, Any]],

@@ -38,17 +38,19 @@ def resolve_all(registrations: Mapping[str, Mapping[str, Any]],
     is left out; an override that cannot be applied is ignored, and says why."""
     found: dict[str, Resolved] = {}
     for name, registration in registrations.items():
+        # Anything at all wrong with one service's entries (hand-edited JSON of any shape)
+        # costs that service, never the others: hence the broad excepts.
         try:
             base = from_registration(registration)
-        except (ScheduleError, KeyError, TypeError, ValueError) as exc:
+            queue = registration.get("queue") or None
+        except Exception as exc:
             logger.error("%s: its registration holds no usable schedule (%s); not scheduled",
                          name, exc)
             continue
-        queue = registration.get("queue") or None
         override = overrides.get(name)
         try:
             found[name] = Resolved(effective(base, override), queue)
-        except (ScheduleError, TypeError, ValueError) as exc:
+        except Exception as exc:
             found[name] = Resolved(base, queue, f"live override {override!r} ignored: {exc}")
     return found
 

@@ -118,7 +118,12 @@ class Schedule:
             period, phase = self._period_and_phase(name)
             return at_ms - (at_ms - phase) % period
         start = datetime.fromtimestamp((at_ms + 1) / 1000, _zone(self.timezone))
-        return int(next(CronSim(self.cron, start, reverse=True)).timestamp() * 1000)
+        slot = int(next(CronSim(self.cron, start, reverse=True)).timestamp() * 1000)
+        # Going back through the hour an autumn change repeats, cronsim can land a day early:
+        # step forward to the newest slot that is really at or before at_ms.
+        while (following := self._next_slot_ms(name, slot)) <= at_ms:
+            slot = following
+        return slot
 
     def _period_and_phase(self, name: str) -> tuple[int, int]:
         period = max(1, round((self.every_seconds or 0) * 1000))
@@ -217,9 +222,8 @@ def check(schedule: Schedule) -> None:
             and MIN_INTERVAL_SECONDS <= schedule.every_seconds <= MAX_SECONDS):
         raise ScheduleError(f"interval must be a number of seconds from {MIN_INTERVAL_SECONDS:g} "
                             f"to {MAX_SECONDS:g}, got {schedule.every_seconds!r}")
-    _zone(schedule.timezone)
-    if schedule.cron is not None:
-        _check_cron(schedule.cron)
+    for field in ("cron", "timezone", "catchup"):  # types first: a hand-edited override
+        check_text_field(field, getattr(schedule, field))
     if not (_is_number(schedule.jitter_seconds) and 0 <= schedule.jitter_seconds <= 86400):
         raise ScheduleError(f"jitter must be from 0 to 1d, got {schedule.jitter_seconds!r}")
     shortest = _shortest_period_seconds(schedule)
@@ -228,9 +232,6 @@ def check(schedule: Schedule) -> None:
         raise ScheduleError(
             f"jitter must be shorter than the schedule's shortest period "
             f"({seconds_text(shortest)}), got {seconds_text(schedule.jitter_seconds)}")
-    if schedule.catchup not in CATCHUP_POLICIES:
-        raise ScheduleError(f"catchup must be one of {', '.join(CATCHUP_POLICIES)}, "
-                            f"got {schedule.catchup!r}")
     if not (_is_number(schedule.catchup_window_seconds)
             and 0 <= schedule.catchup_window_seconds <= MAX_SECONDS):
         raise ScheduleError("catchup window must be a number of seconds >= 0, "

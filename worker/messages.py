@@ -142,7 +142,8 @@ def _check_embed(embed: dict[str, Any]) -> None:
 
 # The year 3000 in epoch milliseconds (services.fields.LATEST_TIME).
 MAX_SLOT_MS = int(LATEST_TIME * 1000)
-SERVICE_KWARGS = ("kind", "slot", "next_slot")
+SERVICE_KWARGS = ("kind", "slot", "next_slot", "more_slots")
+MAX_MORE_SLOTS = 100  # services.schedule.CATCHUP_ALL_LIMIT
 
 
 def _check_service_call(args: list[Any], kwargs: dict[str, Any]) -> None:
@@ -152,11 +153,15 @@ def _check_service_call(args: list[Any], kwargs: dict[str, Any]) -> None:
     if unknown:
         raise InvalidTaskError(f"a service task takes only {', '.join(SERVICE_KWARGS)}, "
                                f"got {_short(unknown)}")
-    for key in ("slot", "next_slot"):
-        value = kwargs.get(key)
+    more = kwargs.get("more_slots")
+    if more is not None and (not isinstance(more, list) or len(more) > MAX_MORE_SLOTS):
+        raise InvalidTaskError(f"more_slots must be a list of at most {MAX_MORE_SLOTS} due "
+                               f"times, got {_short(more)}")
+    for key, value in [("slot", kwargs.get("slot")), ("next_slot", kwargs.get("next_slot")),
+                       *(("more_slots", item) for item in more or [])]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or not 0 <= value <= MAX_SLOT_MS):
-            raise InvalidTaskError(f"{key} must be a due time in epoch milliseconds, "
+            raise InvalidTaskError(f"{key} must hold due times in epoch milliseconds, "
                                    f"got {_short(value)}")
     kind = kwargs.get("kind", "tick")
     if kind not in KINDS:

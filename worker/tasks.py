@@ -42,7 +42,9 @@ def register_tasks(app: Celery, registry: Registry) -> None:
 
 def _task_body(registry: Registry, name: str) -> Any:
     def run_service(task: Task, kind: str = "tick", slot: int | None = None,
-                    next_slot: int | None = None) -> str:
+                    next_slot: int | None = None, more_slots: list[int] | None = None) -> str:
+        if more_slots and slot is not None:  # a catch-up of several missed slots, in order
+            return catch_up(task, registry, name, [slot, *more_slots])
         at = None if slot is None else TickSlot(slot, next_slot)
         return execute(task, registry, name, kind, at)
 
@@ -69,13 +71,42 @@ def execute(task: Task, registry: Registry, name: str, kind: str,
     _state_outage.recovered()
     if report.ticket is not None:
         logs.note_run_id(report.ticket.run_id)
-    if report.verdict == "leased" and kind == "catchup" \
-            and task.request.retries < CATCHUP_MAX_WAITS:
-        raise task.retry(countdown=CATCHUP_WAIT_SECONDS, max_retries=CATCHUP_MAX_WAITS,
-                         expires=CATCHUP_WAIT_SECONDS + MIN_TICK_EXPIRES_SECONDS)
+    if report.verdict == "leased" and kind == "catchup":
+        _wait_for_lease(task, [slot.at_ms] if slot is not None else [])
     if report.failed:
         _retry_or_fail(task, registry, name, report)
     return report.summary()
+
+
+def catch_up(task: Task, registry: Registry, name: str, slots: list[int]) -> str:
+    """Run missed slots one after another in this task (``catchup = "all"``): sent as one
+    message, so that no two of them race for the lease on two pool processes and the slot
+    order holds. A slot that finds the lease held waits (the task is retried with the slots
+    left); a failed run ends the catch-up (the service backs off anyway)."""
+    summaries = []
+    for index, slot in enumerate(slots):
+        try:
+            report = runtime.current(registry).run(name, "catchup", TickSlot(slot))
+        except StateUnavailableError as exc:
+            with logs.bound(name):
+                _state_outage.failed(exc)
+            return f"skipped: state unavailable ({exc})"
+        _state_outage.recovered()
+        if report.verdict == "leased":
+            _wait_for_lease(task, slots[index:])
+        if report.failed:
+            _retry_or_fail(task, registry, name, report)
+        summaries.append(report.summary())
+    return "; ".join(summaries)
+
+
+def _wait_for_lease(task: Task, slots: list[int]) -> None:
+    """Ask again in a second for the catch-up slots left, up to ``CATCHUP_MAX_WAITS`` times."""
+    if task.request.retries >= CATCHUP_MAX_WAITS or not slots:
+        return
+    raise task.retry(kwargs={"kind": "catchup", "slot": slots[0], "more_slots": slots[1:]},
+                     countdown=CATCHUP_WAIT_SECONDS, max_retries=CATCHUP_MAX_WAITS,
+                     expires=CATCHUP_WAIT_SECONDS + MIN_TICK_EXPIRES_SECONDS)
 
 
 def _retry_or_fail(task: Task, registry: Registry, name: str, report: RunReport) -> None:

@@ -518,3 +518,34 @@ def test_registrations_lost_with_redis_data_are_put_back(
     wait_for(lambda: (beat.tick(), ScheduleStore(store).due_time("alpha"))[1], 15,
              "Beat to schedule alpha again")
     assert sorted(store.registered()) == ["alpha"]
+
+
+def test_a_hand_edited_override_of_any_shape_costs_only_its_own_service(
+        store: StateStore, beats: Callable[[], Beat], redis_client: redis.Redis,
+        prefix: str) -> None:
+    register(store, "alpha", "beta")
+    beat = beats()
+    lead(store, beat, redis_client, prefix)
+    for bad in ('{"cron": 5}', '{"timezone": {"a": 1}, "cron": "* * * * *"}', '[1, 2]', 'nope'):
+        redis_client.hset(store.keys.schedules(), "beta", bad)
+        redis_client.incr(store.keys.schedule_version())
+        sent = len(of(queued(redis_client, prefix), "alpha"))
+        tick_for(store, [beat], int(INTERVAL * 1000 * 3))
+        assert len(of(queued(redis_client, prefix), "alpha")) > sent, bad  # alpha goes on
+        assert ScheduleStore(store).due_time("beta") is not None, bad  # beta on its code
+
+
+def test_a_standby_that_leads_after_redis_lost_its_data_puts_the_registrations_back(
+        store: StateStore, beats: Callable[[], Beat], redis_client: redis.Redis,
+        prefix: str) -> None:
+    register(store, "alpha")
+    leader, standby = beats(), beats()
+    lead(store, leader, redis_client, prefix, others=(standby,))
+    standby.tick()  # a standby's pass: it notes what workers registered
+    assert not standby.leading
+    leader.close()
+    for key in redis_client.scan_iter(f"{prefix}:*"):  # FLUSHDB of this prefix
+        redis_client.delete(key)
+    wait_for(lambda: (standby.tick(), ScheduleStore(store).due_time("alpha"))[1], 15,
+             "the standby to lead and schedule alpha again")
+    assert sorted(store.registered()) == ["alpha"]
