@@ -25,9 +25,6 @@ from services.schedule import (
 )
 from services.settings import service_overrides
 
-# tick_gap and the bounds live in services.schedule; importable from here as before.
-__all__ = ["MAX_SECONDS", "MIN_INTERVAL_SECONDS", "ServiceConfig", "resolve_config", "tick_gap"]
-
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 # A run's default time limit: five minutes, or one interval when that is longer, so that no
 # service that finishes within its own period is cut off.

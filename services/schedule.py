@@ -49,6 +49,10 @@ ON_TIME_SECONDS = 2.0
 # delivered twice or late, whatever their phase, never run a service more than 4/3 as often.
 MAX_TICK_SLACK_SECONDS = 1.0
 TICK_SLACK_FRACTION = 0.25
+# Beat sends a slot once it is due: a slot further ahead of Redis's clock than this is a clock
+# step or a hand edit, and the guard ignores it (with a warning) instead of refusing every
+# tick until then.
+SLOT_AHEAD_SECONDS = 60.0
 # Fields a live override may set; anything else in one is ignored.
 OVERRIDE_FIELDS = ("every_seconds", "cron", "timezone", "jitter_seconds", "catchup",
                    "catchup_window_seconds")

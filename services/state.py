@@ -24,10 +24,15 @@ from redis import Redis
 from redis.commands.core import Script
 
 from services import durability
-from services.config import MAX_SECONDS
 from services.fields import ServiceState, parse_flag
 from services.keys import Keys, validate_name
 from services.redis_client import RedisErrors, connect_redis
+from services.schedule import (
+    MAX_SECONDS,
+    MAX_TICK_SLACK_SECONDS,
+    SLOT_AHEAD_SECONDS,
+    TICK_SLACK_FRACTION,
+)
 from services.scripts import ScriptChannel, Scripts
 from services.settings import Settings, get_settings, redact_url
 
@@ -220,7 +225,9 @@ class StateStore:
                 (token, self.lease_ms, max_runs, kind, int(tick_gap_seconds * 1000),
                  memory.epoch, durability.new_epoch_id(), int(cooldown_seconds * 1000),
                  MAX_AHEAD_MS, self.history_length, memory.remembered(name),
-                 *("" if slot is None else int(slot) for slot in slots)))
+                 *("" if slot is None else int(slot) for slot in slots),
+                 TICK_SLACK_FRACTION, int(MAX_TICK_SLACK_SECONDS * 1000),
+                 int(SLOT_AHEAD_SECONDS * 1000)))
         memory.epoch = epoch
         memory.note(name, verdict, detail, int(now_ms))
         if verdict == HELD:

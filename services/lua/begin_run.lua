@@ -30,6 +30,10 @@
 --                         own (to ARGV[13]) and the one since the last slot, slack = min(period
 --                         / 4, 1 s): all from the effective schedule, none from ARGV[5]
 -- ARGV[13] next_slot_ms   the slot after a regular tick's ('' for none)
+-- ARGV[14] slack_fraction services.schedule.TICK_SLACK_FRACTION (0.25)
+-- ARGV[15] max_slack_ms   services.schedule.MAX_TICK_SLACK_SECONDS in ms (1000)
+-- ARGV[16] slot_ahead_ms  services.schedule.SLOT_AHEAD_SECONDS in ms: a slot further ahead of
+--                         Redis's clock is a clock step or a hand edit, ignored with a warning
 --
 -- Returns {verdict, detail, now_ms, warnings, epoch, kind}
 --   go               detail = run sequence number (fencing token); kind = the run's kind
@@ -165,7 +169,7 @@ end
 -- Beat sends a slot once it is due, so no slot is ever ahead of Redis's clock by more than a
 -- clock step: one further ahead (a clock that jumped back, a hand edit) would refuse every
 -- tick until then, so it is ignored (stored) or refused to be stored (incoming), with a warning.
-local SLOT_AHEAD_MS = 60000
+local SLOT_AHEAD_MS = tonumber(ARGV[16])
 local slot = tonumber(ARGV[12])
 if slot and slot > now + SLOT_AHEAD_MS then
   table.insert(warnings, 'slot=' .. ARGV[12])
@@ -185,7 +189,7 @@ if kind == 'tick' and slot then
   local period = next_slot and next_slot > slot and next_slot - slot or nil
   if last_slot then period = math.min(period or math.huge, slot - last_slot) end
   if period then
-    local slack = math.min(period * 0.25, 1000)  -- as services.schedule.tick_gap
+    local slack = math.min(period * tonumber(ARGV[14]), tonumber(ARGV[15]))
     if now - slot > slack and last_tick and now - last_tick < period - slack then
       return {'duplicate', h[4], now, warnings, epoch, kind}
     end

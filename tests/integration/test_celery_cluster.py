@@ -20,7 +20,7 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from services.config import tick_gap
+from services.schedule import tick_gap
 from services.state import StateStore
 from tests.cluster import Cluster, Proc
 from tests.svc_celery.probes import probe_key
