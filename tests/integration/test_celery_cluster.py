@@ -467,8 +467,11 @@ def test_ticks_nobody_took_in_time_are_dropped_not_piled_up(
 
     # The ticks sent more than 2 s before the worker came were discarded, unrun...
     assert log.count("Discarding revoked task: svc.ticker[") >= 3, log
-    # ...and those still fresh were refused as duplicates: no burst of catch-up runs.
-    assert min(gaps(history)) >= tick_gap(0.5), history
+    # ...and of those still fresh, the first ran (late) and the others were refused as
+    # duplicates: no burst. The next on-time tick runs whenever it comes, so at most one gap
+    # is shorter than the tick gap (the late run, then the rhythm).
+    assert "not running: duplicate" in log, log
+    assert sum(gap < tick_gap(0.5) for gap in gaps(history)) <= 1, gaps(history)
 
 
 # -- queues ----------------------------------------------------------------------------------
