@@ -14,12 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+
 from services.errors import ServiceConfigError
 from services.keys import validate_name
 from services.schedule import OVERRIDE_FIELDS, Schedule, ScheduleError, effective, from_registration
 from services.state import StateStore
 
 logger = logging.getLogger(__name__)
+MERGE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -108,29 +112,32 @@ class ScheduleStore:
         """Merge ``changes`` (fields of ``OVERRIDE_FIELDS``) into the service's live override.
         Raises :class:`ServiceConfigError` for a service no worker registered or a schedule
         that cannot run; nothing is written then. Returns the new effective schedule and the
-        audit entry."""
-        base, current = self._base_and_override(name)
+        audit entry. Two changes at once (``--jitter`` here, ``--catchup`` there) both land:
+        the override is read under WATCH and merged again if another change came first."""
         unknown = sorted(set(changes) - set(OVERRIDE_FIELDS))
         if unknown:
             raise ServiceConfigError(f"schedule fields {unknown} are not settable; expected "
                                      f"some of {', '.join(OVERRIDE_FIELDS)}")
-        merged = {**current, **{k: v for k, v in changes.items() if v is not None}}
-        if changes.get("every_seconds") is not None:
-            merged.pop("cron", None)
-        elif changes.get("cron") is not None:
-            merged.pop("every_seconds", None)
-        try:
-            schedule = effective(base, merged)
-        except ScheduleError as exc:
-            raise ServiceConfigError(f"service {name!r}: {exc}") from None
-        entry = self._write(name, json.dumps(merged, sort_keys=True), "schedule", schedule,
-                            who=who, reason=reason)
-        return schedule, entry
+        for _ in range(MERGE_ATTEMPTS):
+            with self.state.reaching(), self.client.pipeline(transaction=True) as pipe:
+                pipe.watch(self.keys.schedules())
+                base, current = self._base_and_override(name)
+                schedule, merged = _merged(name, base, current, changes)
+                try:
+                    entry = self._write(pipe, name, json.dumps(merged, sort_keys=True),
+                                        "schedule", schedule, who=who, reason=reason)
+                except WatchError:
+                    continue
+                return schedule, entry
+        raise ServiceConfigError(f"the schedule of {name!r} changed {MERGE_ATTEMPTS} times "
+                                 "while this change was merged into it: try again")
 
     def reset(self, name: str, *, who: str, reason: str = "") -> tuple[Schedule, dict[str, Any]]:
         """Drop the live override: back to code and environment."""
         base, _ = self._base_and_override(name)
-        return base, self._write(name, None, "schedule-reset", base, who=who, reason=reason)
+        with self.state.reaching(), self.client.pipeline(transaction=True) as pipe:
+            return base, self._write(pipe, name, None, "schedule-reset", base, who=who,
+                                     reason=reason)
 
     def forget(self, name: str, *, who: str, reason: str = "") -> dict[str, Any]:
         """Drop a service from the cluster: its registration and live override, so that Beat
@@ -163,22 +170,37 @@ class ScheduleStore:
                 "runs it first (svc list shows the registered ones)")
         return from_registration(registration), self.overrides().get(name, {})
 
-    def _write(self, name: str, override: str | None, action: str, schedule: Schedule, *,
-               who: str, reason: str) -> dict[str, Any]:
-        with self.state.reaching():
-            seconds, micros = self.client.time()
-            entry = {"action": action, "by": who, "at": seconds + micros / 1e6,
-                     "reason": reason, "schedule": schedule.describe()}
-            with self.client.pipeline(transaction=True) as pipe:
-                if override is None:
-                    pipe.hdel(self.keys.schedules(), name)
-                else:
-                    pipe.hset(self.keys.schedules(), name, override)
-                pipe.lpush(self.keys.audit(name), json.dumps(entry))
-                pipe.ltrim(self.keys.audit(name), 0, self.state.audit_length - 1)
-                pipe.incr(self.keys.schedule_version())
-                pipe.execute()
+    def _write(self, pipe: Pipeline, name: str, override: str | None, action: str,
+               schedule: Schedule, *, who: str, reason: str) -> dict[str, Any]:
+        """The override (None: drop it), its audit entry and the version, in one MULTI on
+        ``pipe`` (raises WatchError when ``pipe`` watched a key that changed)."""
+        seconds, micros = self.client.time()
+        entry = {"action": action, "by": who, "at": seconds + micros / 1e6,
+                 "reason": reason, "schedule": schedule.describe()}
+        pipe.multi()
+        if override is None:
+            pipe.hdel(self.keys.schedules(), name)
+        else:
+            pipe.hset(self.keys.schedules(), name, override)
+        pipe.lpush(self.keys.audit(name), json.dumps(entry))
+        pipe.ltrim(self.keys.audit(name), 0, self.state.audit_length - 1)
+        pipe.incr(self.keys.schedule_version())
+        pipe.execute()
         return entry
+
+
+def _merged(name: str, base: Schedule, current: Mapping[str, Any],
+            changes: Mapping[str, Any]) -> tuple[Schedule, dict[str, Any]]:
+    """The override ``changes`` make of ``current``, and the schedule it gives."""
+    merged = {**current, **{k: v for k, v in changes.items() if v is not None}}
+    if changes.get("every_seconds") is not None:
+        merged.pop("cron", None)
+    elif changes.get("cron") is not None:
+        merged.pop("every_seconds", None)
+    try:
+        return effective(base, merged), merged
+    except ScheduleError as exc:
+        raise ServiceConfigError(f"service {name!r}: {exc}") from None
 
 
 def _json_object(key: str, name: str, text: str) -> dict[str, Any] | None:

@@ -549,3 +549,25 @@ def test_a_standby_that_leads_after_redis_lost_its_data_puts_the_registrations_b
     wait_for(lambda: (standby.tick(), ScheduleStore(store).due_time("alpha"))[1], 15,
              "the standby to lead and schedule alpha again")
     assert sorted(store.registered()) == ["alpha"]
+
+
+def test_two_overrides_at_once_both_land(store: StateStore, redis_client: redis.Redis,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    register(store, "alpha")
+    schedules = ScheduleStore(store)
+    read = ScheduleStore._base_and_override
+    raced: list[bool] = []
+
+    def read_then_another_change_lands(self: ScheduleStore, name: str) -> Any:
+        found = read(self, name)
+        if not raced:  # another operator's --catchup lands between this read and the write
+            raced.append(True)
+            ScheduleStore(store).set_override(name, {"catchup": "skip"}, who="other")
+        return found
+
+    monkeypatch.setattr(ScheduleStore, "_base_and_override", read_then_another_change_lands)
+    schedule, _ = schedules.set_override("alpha", {"jitter_seconds": 0.1}, who="me")
+    assert (schedule.jitter_seconds, schedule.catchup) == (0.1, "skip")
+    stored = json.loads(redis_client.hget(store.keys.schedules(), "alpha"))
+    assert stored == {"catchup": "skip", "jitter_seconds": 0.1}
+    assert [e["by"] for e in store.audit("alpha")] == ["me", "other"]
