@@ -163,12 +163,17 @@ class ScheduleStore:
             validate_name(name)
         except ValueError as exc:
             raise ServiceConfigError(str(exc)) from None
-        registration = self.state.registered().get(name)
+        # One service's entries, not the whole index and every override.
+        with self.state.reaching():
+            registered = self.client.hget(self.keys.index(), name)
+            override = self.client.hget(self.keys.schedules(), name)
+        registration = _json_object(self.keys.index(), name, registered) if registered else None
         if registration is None:
             raise ServiceConfigError(
                 f"no worker has registered a service named {name!r}: start a worker that "
                 "runs it first (svc list shows the registered ones)")
-        return from_registration(registration), self.overrides().get(name, {})
+        current = _json_object(self.keys.schedules(), name, override) if override else None
+        return from_registration(registration), current or {}
 
     def _write(self, pipe: Pipeline, name: str, override: str | None, action: str,
                schedule: Schedule, *, who: str, reason: str) -> dict[str, Any]:

@@ -236,13 +236,7 @@ def change_schedule(store: StateStore, name: str, changes: Mapping[str, Any] | N
     :class:`services.errors.ServiceConfigError` for a service no worker registered or a
     schedule that cannot run, and a wrong-type error naming the key when one of the keys it
     writes is not what the layout says; nothing is written then."""
-    keys = store.keys
-    written = {keys.schedules(): "schedules", keys.audit(name): "audit", keys.index(): "index"}
-    # A transaction runs every command even when one meets a key of the wrong type, so the
-    # override would land without its audit entry: check the types first.
-    problems = wrong_types(store, written)
-    if problems:
-        raise WrongTypeError("; ".join(problems) + "; nothing was changed")
+    written = _checked_for_writing(store, name)
     schedules = ScheduleStore(store)
     with naming(store, written, changing=True):
         if changes is None:
@@ -250,14 +244,22 @@ def change_schedule(store: StateStore, name: str, changes: Mapping[str, Any] | N
         return schedules.set_override(name, changes, who=who, reason=reason)
 
 
-def forget_service(store: StateStore, name: str, *, who: str, reason: str) -> dict[str, Any]:
-    """Drop ``name``'s registration and live override, audited (``ScheduleStore.forget``);
-    keys of the wrong type are refused first, as for a change."""
+def _checked_for_writing(store: StateStore, name: str) -> dict[str, str]:
+    """The keys a schedule change of ``name`` writes (key -> kind), refused up front if one
+    has the wrong type: a transaction runs every command even when one meets such a key, so
+    the override would otherwise land without its audit entry."""
     keys = store.keys
     written = {keys.schedules(): "schedules", keys.audit(name): "audit", keys.index(): "index"}
     problems = wrong_types(store, written)
     if problems:
         raise WrongTypeError("; ".join(problems) + "; nothing was changed")
+    return written
+
+
+def forget_service(store: StateStore, name: str, *, who: str, reason: str) -> dict[str, Any]:
+    """Drop ``name``'s registration and live override, audited (``ScheduleStore.forget``);
+    keys of the wrong type are refused first, as for a change."""
+    written = _checked_for_writing(store, name)
     with naming(store, written, changing=True):
         return ScheduleStore(store).forget(name, who=who, reason=reason)
 
