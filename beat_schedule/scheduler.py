@@ -33,6 +33,7 @@ from beat_schedule.lateness import Lateness
 from beat_schedule.leader import BeatLease
 from beat_schedule.store import Resolved, ScheduleStore, resolve_all
 from services.errors import StateCorruptError, StateUnavailableError
+from services.heartbeat import BEAT, Heartbeat
 from services.outage import Outage
 from services.schedule import is_catchup
 from services.settings import get_settings, redact_url
@@ -89,6 +90,9 @@ class RedisScheduler(Scheduler):
         self.redis_outage = Outage(logger, f"service state (Redis at {self.state.redis_url})")
         self.broker_outage = Outage(logger, f"the broker ({redact_url(app.conf.broker_url)})")
         self.pass_failure = Outage(logger, "beat's scheduler pass")
+        # Written from the scheduler's own loop, so a Beat stuck in a pass stops beating.
+        self.heartbeat = Heartbeat(self.state, BEAT, settings)
+        self.beaten_at = -float("inf")
         super().__init__(app, *args, **kwargs)
         # No task-sent event per tick from Beat (a fifth of its CPU at 1,000 ticks/s):
         # Flower still sees every run from the workers' received/started/succeeded events.
@@ -100,6 +104,7 @@ class RedisScheduler(Scheduler):
         """One pass; returns how long Beat may sleep before the next."""
         try:
             delay = self._pass()
+            self._beat_if_due()
         except (StateUnavailableError, StateCorruptError) as exc:
             self.redis_outage.failed(exc)
             if self.lease.leading and self.lease.expired_locally():
@@ -119,10 +124,19 @@ class RedisScheduler(Scheduler):
     def close(self) -> None:
         try:
             self.lease.release()
+            self.heartbeat.retire()
         except StateUnavailableError as exc:
             logger.warning("beat: could not release the leader lease (%s); a standby takes "
                            "over when it expires", exc)
         super().close()
+
+    def _beat_if_due(self) -> None:
+        """This Beat's heartbeat (role leader or standby), every SVC_HEARTBEAT_SECONDS."""
+        if time.monotonic() - self.beaten_at < self.heartbeat.interval:
+            return
+        self.heartbeat.beat(role="leader" if self.lease.leading else "standby",
+                            holder=self.lease.holder)
+        self.beaten_at = time.monotonic()
 
     @property
     def info(self) -> str:

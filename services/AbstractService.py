@@ -62,6 +62,10 @@ class AbstractService(ABC):
     """Ticks missed while no Beat ran: ``latest`` (one run now, if the newest missed slot is
     within ``catchup_window_seconds``), ``skip`` (wait for the next slot) or ``all``."""
     catchup_window_seconds: ClassVar[float] = 3600.0
+    overdue_after_seconds: ClassVar[float | None] = None
+    """Health: the service is ``overdue`` after this long without a successful run (default:
+    three intervals) or, on a cron schedule, this long after a slot that brought no success
+    (default: ``timeout_seconds`` plus a minute). See docs/operating.md."""
     queue: ClassVar[str | None] = None
     """The Celery queue this service's task goes to; default: Celery's default queue."""
 

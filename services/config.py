@@ -70,6 +70,9 @@ class ServiceConfig:
     jitter_seconds: float = 0.0
     catchup: str = DEFAULT_CATCHUP
     catchup_window_seconds: float = DEFAULT_CATCHUP_WINDOW_SECONDS
+    overdue_after_seconds: float | None = None
+    """Health: how long without a successful run is ``overdue`` (None: the default of
+    services.health.overdue_deadline)."""
 
     @property
     def schedule(self) -> Schedule:
@@ -100,7 +103,10 @@ _RULES: dict[str, tuple[type, float, bool, str]] = {
     "stop_cooldown_seconds": (float, 0, True, "a number >= 0 (0: off) and at most 1e9"),
     "jitter_seconds": (float, 0, True, "a number >= 0 and at most 86400"),
     "catchup_window_seconds": (float, 0, True, "a number >= 0 and at most 1e9"),
+    "overdue_after_seconds": (float, 0, False, "a number > 0 and at most 1e9 (or unset)"),
 }
+# Fields that may stay unset (None): their default is computed where they are used.
+_OPTIONAL = frozenset({"overdue_after_seconds"})
 _HIGHEST = {"jitter_seconds": 86400.0}
 _RULE_DEFAULTS = {"jitter_seconds": 0.0,
                   "catchup_window_seconds": DEFAULT_CATCHUP_WINDOW_SECONDS}
@@ -136,7 +142,8 @@ def resolve_config(
     if values["timeout_seconds"][0] is None:
         interval = _check(name, "interval_seconds", *values["interval_seconds"])
         values["timeout_seconds"] = (max(DEFAULT_TIMEOUT_SECONDS, interval), "the default")
-    checked = {field: _check(name, field, raw, source) for field, (raw, source) in values.items()}
+    checked = {field: None if raw is None and field in _OPTIONAL
+               else _check(name, field, raw, source) for field, (raw, source) in values.items()}
     queue = (explicit or {}).get("queue") or getattr(cls, "queue", None)
     config = ServiceConfig(name=name, queue=queue, **checked, **_schedule_text(cls, name, environ))
     try:

@@ -20,6 +20,14 @@ Layout (``<p>`` is ``SVC_KEY_PREFIX``, default ``svc``):
 - ``<p>:_beat:leader``    string ``<fence> <host:pid:nonce>``, expiring: the leader Beat's lease
 - ``<p>:_beat:fence``     counter: the fencing token of the newest leader
 - ``<p>:_beat:stats``     hash: the leader's numbers (ticks sent, lateness p50/p99/max, when)
+- ``<p>:_process:<id>``   hash, expiring: one worker's or Beat's heartbeat (who, where, which
+  services and queues, when); gone ``SVC_HEARTBEAT_SECONDS`` x 3 after its last beat
+- ``<p>:_processes``      sorted set: process id -> last heartbeat (ms), so that a process that
+  is gone is still listed (``svc workers``) for a day
+- ``<p>:_health``         hash: name -> JSON of the service's last recorded health and the
+  last one notified, changed only by compare-and-set (services/lua/health_note.lua)
+- ``<p>:_health:watch``   string, expiring: the process that evaluates every service's health
+  this round (one per ``SVC_HEALTH_WATCH_SECONDS`` cluster-wide)
 - ``<p>:outbox:<stream>`` stream: messages the outbox dispatcher delivered
 - ``<p>:outbox:<stream>:delivered`` sorted set: message id -> delivery time (ms), so that a
   message is added to the stream at most once (trimmed after ``SVC_OUTBOX_DEDUPE_SECONDS``)
@@ -91,6 +99,18 @@ class Keys:
 
     def beat_stats(self) -> str:
         return f"{self.prefix}:_beat:stats"
+
+    def process(self, process_id: str) -> str:
+        return f"{self.prefix}:_process:{process_id}"
+
+    def processes(self) -> str:
+        return f"{self.prefix}:_processes"
+
+    def health(self) -> str:
+        return f"{self.prefix}:_health"
+
+    def health_watch(self) -> str:
+        return f"{self.prefix}:_health:watch"
 
     def for_service(self, name: str) -> tuple[str, str, str, str, str, str]:
         """state, lease, history, inflight, audit and epoch: the keys both run scripts take,

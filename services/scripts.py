@@ -36,6 +36,9 @@ class Scripts:
     beat_lease: Script
     beat_poll: Script
     beat_advance: Script
+    heartbeat: Script
+    processes: Script
+    health_note: Script
 
     @classmethod
     def register(cls, client: Redis) -> Scripts:
@@ -48,6 +51,9 @@ class Scripts:
             beat_lease=client.register_script(_source("beat_lease")),
             beat_poll=client.register_script(_source("beat_poll")),
             beat_advance=client.register_script(_source("beat_advance")),
+            heartbeat=client.register_script(_source("heartbeat")),
+            processes=client.register_script(_source("processes")),
+            health_note=client.register_script(_source("health_note")),
         )
 
 

@@ -32,6 +32,7 @@ SERVICE_OVERRIDE_FIELDS = (
     "jitter_seconds",
     "catchup",
     "catchup_window_seconds",
+    "overdue_after_seconds",
 )
 _QUERY_PASSWORD = re.compile(r"(?i)((?:^|&)password=)[^&]*")
 # No ':' in a prefix: keys are "<prefix>:<name>..." and names hold no ':', so a prefix ends at
@@ -39,6 +40,7 @@ _QUERY_PASSWORD = re.compile(r"(?i)((?:^|&)password=)[^&]*")
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.{}-]*\Z")
 # A host name or IP address; nothing a shell or an argument parser could read as more.
 _HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]+\Z")
+_HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 MIN_LEASE_SECONDS = 1.0
 
@@ -93,6 +95,32 @@ class Settings(BaseSettings):
     metrics_address: str = "127.0.0.1"
     """SVC_METRICS_ADDRESS: the address ``svc metrics`` listens on (0.0.0.0 for a remote
     Prometheus)."""
+    heartbeat_seconds: float = Field(5.0, ge=0.1, le=300)
+    """SVC_HEARTBEAT_SECONDS: how often each worker and Beat writes its heartbeat; a process
+    silent for three of these is gone (``svc workers``, health ``no worker``)."""
+    health_watch_seconds: float = Field(15.0, ge=0.1, le=3600)
+    """SVC_HEALTH_WATCH_SECONDS: how often one process of the cluster (a worker, ``svc web``
+    or ``svc metrics``) evaluates every service's health and notifies transitions."""
+    alert_after_seconds: float = Field(30.0, ge=0, le=86400)
+    """SVC_ALERT_AFTER_SECONDS: how long an unhealthy status (overdue, stuck, no worker, no
+    beat) must last before it is notified; stopped and state lost are notified at once."""
+    alert_webhook_url: str | None = None
+    """SVC_ALERT_WEBHOOK_URL: POST each health transition here as JSON a Slack incoming
+    webhook accepts (``text``, plus the fields of the change)."""
+    alert_webhook_timeout_seconds: float = Field(5.0, gt=0, le=120)
+    """SVC_ALERT_WEBHOOK_TIMEOUT_SECONDS: one webhook attempt gives up after this."""
+    alert_webhook_attempts: int = Field(4, ge=1, le=20)
+    """SVC_ALERT_WEBHOOK_ATTEMPTS: tries per notification (backoff 1, 2, 4... s between)."""
+    on_health_change: str = ""
+    """SVC_ON_HEALTH_CHANGE: ``package.module:function`` called with each health transition
+    (a :class:`services.health.HealthChange`), in the process that won it."""
+    web_address: str = "127.0.0.1"
+    """SVC_WEB_ADDRESS: where ``svc web`` listens; any address other than loopback needs
+    SVC_WEB_BASIC_AUTH."""
+    web_port: int = Field(5556, ge=0, le=65535)
+    """SVC_WEB_PORT: the services page's port (Flower's is 5555)."""
+    web_basic_auth: str | None = None
+    """SVC_WEB_BASIC_AUTH: ``user:password[,user2:password2]`` for the services page."""
     wait_timeout_seconds: float = Field(60.0, gt=0)
     """SVC_WAIT_TIMEOUT_SECONDS: how long ``svc pause|stop --wait`` waits by default."""
     db_pool_size: int = Field(5, ge=1)
@@ -145,7 +173,29 @@ class Settings(BaseSettings):
                 "digit, and no ':' (a prefix holding ':' could reach another prefix's keys)")
         return value
 
-    @field_validator("flower_address", "metrics_address")
+    @field_validator("on_health_change")
+    @classmethod
+    def _check_hook(cls, value: str) -> str:
+        if value and not _HOOK.match(value):
+            raise ValueError("expected 'package.module:function'")
+        return value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_webhook(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("expected an http:// or https:// URL")
+        return value or None
+
+    @field_validator("web_basic_auth")
+    @classmethod
+    def _check_logins(cls, value: str | None) -> str | None:
+        if value and not all(":" in pair and pair.split(":", 1)[0]
+                             for pair in value.split(",")):
+            raise ValueError("expected user:password[,user2:password2]")
+        return value or None
+
+    @field_validator("flower_address", "metrics_address", "web_address")
     @classmethod
     def _check_host(cls, value: str) -> str:
         if not _HOST.match(value):
@@ -165,6 +215,17 @@ class Settings(BaseSettings):
     @property
     def flower_is_local(self) -> bool:
         return self.flower_address in LOOPBACK_HOSTS
+
+    @property
+    def heartbeat_ttl_seconds(self) -> float:
+        """A process whose last heartbeat is older than this is gone."""
+        return self.heartbeat_seconds * 3
+
+    @property
+    def web_logins(self) -> dict[str, str]:
+        """SVC_WEB_BASIC_AUTH as user -> password."""
+        pairs = (pair.split(":", 1) for pair in (self.web_basic_auth or "").split(",") if pair)
+        return {user: password for user, password in pairs}
 
     @property
     def effective_broker_url(self) -> str:

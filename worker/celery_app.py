@@ -26,6 +26,7 @@ from worker.flower_guard import refuse_open_flower
 from worker.messages import CheckedTask
 from worker.sender import message_settings
 from worker.tasks import register_tasks
+from worker.watch import WorkerPulse
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +113,25 @@ def _announce(**_: Any) -> None:
     logger.info("services: %s", ", ".join(registry.names()) or "(none)")
 
 
+_pulse: list[WorkerPulse] = []
+
+
 @signals.worker_ready.connect
-def _register(**_: Any) -> None:
+def _register(sender: Any, **_: Any) -> None:
+    # The heartbeat says which services and queues this worker serves: its consumer's. It
+    # starts first, so that it runs even when Redis is away right now.
+    queues = sorted(sender.app.amqp.queues.consume_from)
+    pulse = WorkerPulse(settings, runtime.default_store(), registry.names(), queues,
+                        getattr(sender, "hostname", ""))
+    pulse.start()
+    _pulse.append(pulse)
     runtime.default_store().register_services(registry.configs())
+
+
+@signals.worker_shutdown.connect
+def _stop_pulse(**_: Any) -> None:
+    while _pulse:
+        _pulse.pop().stop()
 
 
 @signals.worker_init.connect

@@ -18,6 +18,9 @@ from typing import Any
 
 from services.config import ServiceConfig
 from services.errors import UnknownServiceError
+from services.health import Health, assess
+from services.heartbeat import Liveness
+from services.heartbeat import queue_reads as liveness_reads
 from services.keys import NAME_PATTERN
 from services.registry import Registry, suggest
 from services.settings import Settings
@@ -130,6 +133,8 @@ class ServiceStatus:
     """Set when Redis lost the framework's data (for every service alike)."""
     schedule: ScheduleInfo | None = None
     """The effective schedule and the next tick, as the leader Beat keeps it."""
+    health: Health = field(default_factory=Health)
+    """Its health (services.health.assess), from the same snapshot."""
 
     @property
     def held(self) -> bool:
@@ -200,6 +205,7 @@ class ServiceStatus:
             "seen_by_worker": self.seen_by_worker,
             "warnings": self.warnings,
             "held": self.held,
+            "health": self.health.as_json(),
             "now": self.now,
         }
 
@@ -290,9 +296,14 @@ class Operator:
 
     def statuses(self, names: list[str]) -> tuple[float, list[ServiceStatus]]:
         """Every named service's status from one pipeline: one round trip whatever the count."""
+        now, found, _ = self.snapshot(names)
+        return now, found
+
+    def snapshot(self, names: list[str]) -> tuple[float, list[ServiceStatus], Liveness]:
+        """:meth:`statuses`, and the workers and Beats alive, from the same round trip."""
         keys = self.store.keys
-        read = {key: kind for name in names
-                for key, kind in service_keys(keys, name, "state", "lease", "history").items()}
+        read = {key: kind for name in names for key, kind in service_keys(
+            keys, name, "state", "lease", "history", "inflight").items()}
         read.update({keys.epoch(): "epoch", **schedule_keys(keys)})
         # The store's own guard, so a failure reads like every other: URL, password hidden.
         with naming(self.store, read), self.store.reaching(), \
@@ -300,21 +311,35 @@ class Operator:
             pipe.time()
             pipe.hgetall(keys.epoch())
             queue_reads(pipe, keys)
+            liveness_reads(pipe, self.store)
             for name in names:
                 pipe.hgetall(keys.state(name))
                 pipe.zrange(keys.lease(name), 0, -1, withscores=True)
                 pipe.lindex(keys.history(name), 0)
+                pipe.hgetall(keys.inflight(name))
             replies = pipe.execute()
         seconds, micros = replies[0]
         now = seconds + micros / 1_000_000
         loss = StoreLoss.from_epoch(replies[1])
         schedules = schedule_infos(names, self.registered, self.config, replies[2:5], keys)
+        liveness = Liveness.from_replies(*replies[5:7])
         found = []
         for i, name in enumerate(names):
-            raw, leases, last = replies[5 + 3 * i: 8 + 3 * i]
-            found.append(dataclasses.replace(self._status(name, now, raw, leases, last),
-                                             loss=loss, schedule=schedules[name]))
-        return now, found
+            raw, leases, last, inflight = replies[7 + 4 * i: 11 + 4 * i]
+            status = dataclasses.replace(self._status(name, now, raw, leases, last),
+                                         loss=loss, schedule=schedules[name])
+            found.append(dataclasses.replace(status, health=self._health(
+                status, liveness, inflight)))
+        return now, found, liveness
+
+    def _health(self, status: ServiceStatus, liveness: Liveness,
+                inflight: dict[str, str]) -> Health:
+        starts = {token: value / 1000 for token, text in inflight.items()
+                  if (value := finite_number(text)) is not None}
+        schedule = status.schedule.schedule if status.schedule is not None else None
+        return assess(status.state, config=status.config, schedule=schedule, liveness=liveness,
+                      now=status.now, inflight=starts, held=status.held,
+                      hard_limit_grace=self.settings.hard_limit_grace_seconds)
 
     def _status(self, name: str, now: float, raw: dict[str, str],
                 leases: list[tuple[str, float]], last: str | None) -> ServiceStatus:

@@ -134,6 +134,10 @@ def config_from_entry(name: str, entry: dict[str, Any] | None) -> tuple[ServiceC
         if isinstance(value, bool) or not isinstance(value, int | float) or \
                 not math.isfinite(value):
             return None, f"{name!r} has {key}={value!r}, expected a number"
+    overdue = config.overdue_after_seconds
+    if overdue is not None and (isinstance(overdue, bool) or not isinstance(overdue, int | float)
+                                or not math.isfinite(overdue) or overdue <= 0):
+        return None, f"{name!r} has overdue_after_seconds={overdue!r}, expected a number > 0"
     if not isinstance(config.name, str) or not isinstance(config.queue, str | None):
         return None, f"{name!r} has a name or queue that is not text"
     return config, None

@@ -1,0 +1,80 @@
+"""Watching health from the processes that are up anyway: each worker's main process (and
+``svc web`` and ``svc metrics``) runs a :class:`services.heartbeat.Pulse` thread that
+writes its heartbeat and, when it is its turn, evaluates every service's health and notifies
+the transitions (``services.notify``).
+
+Turns: one process of the cluster per ``SVC_HEALTH_WATCH_SECONDS`` (``SET NX PX`` on
+``<p>:_health:watch``), so the cluster reads every service's state once per round however
+many workers it has. The notification itself is decided by compare-and-set, not by the
+turn: two processes that both evaluate still notify a transition once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from services.heartbeat import WORKER, Heartbeat, Pulse
+from services.notify import Notifier
+from services.settings import Settings
+from services.state import StateStore
+from worker.ops import Operator
+
+logger = logging.getLogger(__name__)
+
+
+class HealthWatcher:
+    def __init__(self, op: Operator, notifier: Notifier, who: str) -> None:
+        self.op = op
+        self.notifier = notifier
+        self.who = who
+        self.turn_ms = int(op.settings.health_watch_seconds * 1000)
+
+    def maybe_watch(self) -> int | None:
+        """Evaluate every service if it is this process's turn; how many transitions it won
+        (None when it was not its turn)."""
+        if not self._take_turn():
+            return None
+        return self.watch()
+
+    def watch(self) -> int:
+        self.op.refresh()  # services registered since the last round
+        _, statuses = self.op.statuses(self.op.known())
+        won = [s.name for s in statuses if self.notifier.observe(s.name, s.health) is not None]
+        return len(won)
+
+    def _take_turn(self) -> bool:
+        store = self.op.store
+        with store.reaching():
+            return bool(store.client.set(store.keys.health_watch(), self.who, nx=True,
+                                         px=self.turn_ms))
+
+
+def watcher_for(settings: Settings, who: str) -> HealthWatcher:
+    op = Operator(settings)
+    return HealthWatcher(op, Notifier(op.store, settings), who)
+
+
+class WorkerPulse:
+    """A worker's heartbeat and health watch, started once the worker consumes."""
+
+    def __init__(self, settings: Settings, store: StateStore, services: list[str],
+                 queues: list[str], node: str) -> None:
+        self.heartbeat = Heartbeat(store, WORKER, settings)
+        self.watcher = watcher_for(settings, self.heartbeat.id)
+        self.fields: dict[str, Any] = {"services": services, "queues": queues, "node": node}
+        self.pulse = Pulse(settings.heartbeat_seconds, {
+            "worker heartbeat (Redis)": lambda: self.heartbeat.beat(**self.fields),
+            "health watch": self.watcher.maybe_watch})
+
+    def start(self) -> None:
+        self.pulse.start()
+
+    def stop(self) -> None:
+        self.pulse.stop()
+        try:
+            self.heartbeat.retire()
+        except Exception as exc:  # Redis away at shutdown: the hash expires by itself
+            logger.warning("could not retire this worker's heartbeat: %s", exc)
+        self.watcher.notifier.close()
+        self.watcher.op.close()
