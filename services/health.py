@@ -225,9 +225,9 @@ def _serving_since(name: str, queue: str | None, liveness: Liveness) -> float | 
 
 
 def _stop_detail(state: ServiceState) -> str:
-    reason = state.stop_reason or "no reason recorded"
-    by = f" by {state.changed_by}" if state.changed_by and state.change == "stop" else ""
-    return f"{reason}{by}"
+    # The scripts write who and why into it: "stopped by ana@ops: disk full", or the
+    # max_failures line with the last error.
+    return state.stop_reason or "no reason recorded"
 
 
 def _failing_detail(state: ServiceState, config: ServiceConfig | None) -> str:
