@@ -19,6 +19,7 @@ from beat_schedule import build_routes, service_queues
 from services import logs
 from services.durability import persistence_warnings
 from services.errors import ServiceConfigError, StateUnavailableError
+from services.notify import load_hook
 from services.registry import Registry
 from services.settings import get_settings
 from worker import memory, runtime
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 refuse_open_flower()  # `celery flower` on an open address without a login exits here
 try:
     settings = get_settings()
+    # The project's hook, loaded now so that a typo stops the worker at start, in one line.
+    health_hook = load_hook(settings.on_health_change)
 except ServiceConfigError as exc:
     # One line naming the variable, not Celery's "unable to load the app" traceback.
     sys.stderr.write(f"svc: {exc}\n")
@@ -122,7 +125,7 @@ def _register(sender: Any, **_: Any) -> None:
     # starts first, so that it runs even when Redis is away right now.
     queues = sorted(sender.app.amqp.queues.consume_from)
     pulse = WorkerPulse(settings, runtime.default_store(), registry.names(), queues,
-                        getattr(sender, "hostname", ""))
+                        node=getattr(sender, "hostname", ""), hook=health_hook)
     pulse.start()
     _pulse.append(pulse)
     runtime.default_store().register_services(registry.configs())

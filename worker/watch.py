@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from services.heartbeat import WORKER, Heartbeat, Pulse
-from services.notify import Notifier
+from services.notify import Hook, Notifier
 from services.settings import Settings
 from services.state import StateStore
 from worker.ops import Operator
@@ -50,18 +50,19 @@ class HealthWatcher:
                                          px=self.turn_ms))
 
 
-def watcher_for(settings: Settings, who: str) -> HealthWatcher:
+def watcher_for(settings: Settings, who: str, hook: Hook | None = None) -> HealthWatcher:
+    """A watcher with its own Operator; ``hook`` defaults to SVC_ON_HEALTH_CHANGE's."""
     op = Operator(settings)
-    return HealthWatcher(op, Notifier(op.store, settings), who)
+    return HealthWatcher(op, Notifier(op.store, settings, hook), who)
 
 
 class WorkerPulse:
     """A worker's heartbeat and health watch, started once the worker consumes."""
 
     def __init__(self, settings: Settings, store: StateStore, services: list[str],
-                 queues: list[str], node: str) -> None:
+                 queues: list[str], *, node: str, hook: Hook | None = None) -> None:
         self.heartbeat = Heartbeat(store, WORKER, settings)
-        self.watcher = watcher_for(settings, self.heartbeat.id)
+        self.watcher = watcher_for(settings, self.heartbeat.id, hook)
         self.fields: dict[str, Any] = {"services": services, "queues": queues, "node": node}
         self.pulse = Pulse(settings.heartbeat_seconds, {
             "worker heartbeat (Redis)": lambda: self.heartbeat.beat(**self.fields),

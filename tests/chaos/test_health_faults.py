@@ -121,8 +121,10 @@ def test_one_webhook_call_per_transition_with_two_workers(
         tmp_path: Path, prefix: str, redis_url: str,
         webhook: tuple[str, list[dict[str, Any]]]) -> None:
     url, received = webhook
+    hooked = tmp_path / "hook.jsonl"
     env = {**FAST, "SVC_ALERT_WEBHOOK_URL": url, "SVC_ALERT_AFTER_SECONDS": "5",
-           "SVC_FAILING_MAX_FAILURES": "2"}
+           "SVC_FAILING_MAX_FAILURES": "2", "HEALTH_HOOK_FILE": str(hooked),
+           "SVC_ON_HEALTH_CHANGE": "tests.svc_celery.health_hook:record"}
 
     def calls() -> list[tuple[str, str]]:
         return [(r["service"], r["status"]) for r in received]
@@ -158,6 +160,9 @@ def test_one_webhook_call_per_transition_with_two_workers(
 
     assert sorted(calls()) == [("failing", "stopped"), ("ticker", "ok"),
                                ("ticker", "stopped")], received
+    # The project's hook saw the same transitions, in the process that won each.
+    hook_calls = [json.loads(line) for line in hooked.read_text().splitlines()]
+    assert sorted((h["service"], h["status"]) for h in hook_calls) == sorted(calls())
     stop = next(r for r in received if r["service"] == "ticker" and r["status"] == "stopped")
     assert stop["text"].startswith("service ticker is unhealthy: stopped: stopped by "), stop
     assert stop["text"].endswith(": maintenance"), stop
@@ -199,6 +204,17 @@ def test_state_lost_when_redis_loses_its_data(tmp_path: Path, prefix: str,
         assert codes(c, "ticker") == set(), health(c, "ticker")
         lost = svc(c, "health")
         assert lost.returncode == 1 and lost.stdout.startswith("queued: state lost: Redis lost")
+
+
+def test_a_hook_that_cannot_be_loaded_stops_the_worker_in_one_line(
+        tmp_path: Path, prefix: str, redis_url: str) -> None:
+    with Cluster(tmp_path, prefix, redis_url, ["ticker"]) as c:
+        worker = c.worker("w1", wait=False, env={"SVC_ON_HEALTH_CHANGE": "no.such.module:fn"})
+        assert worker.popen.wait(timeout=60) == 2
+    assert worker.output().strip().startswith(
+        "svc: SVC_ON_HEALTH_CHANGE='no.such.module:fn' cannot be loaded (ModuleNotFoundError"
+    ), worker.output()
+    assert "Traceback" not in worker.output()
 
 
 def test_compose_healthchecks_use_svc_health() -> None:
