@@ -20,7 +20,7 @@ import queue
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from services import logs
 from services.errors import ServiceConfigError
@@ -72,17 +72,29 @@ class Notifier:
     def observe(self, name: str, health: Health) -> HealthChange | None:
         """Record ``name``'s health; returns the transition when this call won it (it is then
         being notified)."""
-        hold = 0 if health.status in IMMEDIATE else self.hold_ms
-        with self.store.reaching():
-            sent, previous, since_ms, now_ms = self.store.scripts.health_note(
-                keys=[self.store.keys.health()],
-                args=[name, health.status, health.summary()[:DETAIL_LENGTH],
-                      health.alert_class, hold])
-        if not sent:
-            return None
-        change = HealthChange(name, "ok" if health.ok else health.status, str(previous),
-                              health, float(now_ms) / 1000, float(since_ms) / 1000)
-        with logs.bound(name):
+        return self.observe_all({name: health}).get(name)
+
+    def observe_all(self, healths: Mapping[str, Health]) -> dict[str, HealthChange]:
+        """:meth:`observe` for many services in one round trip; the transitions this call won."""
+        with self.store.reaching(), self.store.client.pipeline(transaction=False) as pipe:
+            for name, health in healths.items():
+                hold = 0 if health.status in IMMEDIATE else self.hold_ms
+                self.store.scripts.health_note(
+                    keys=[self.store.keys.health()], client=pipe,
+                    args=[name, health.status, health.summary()[:DETAIL_LENGTH],
+                          health.alert_class, hold])
+            replies = pipe.execute()
+        won = {}
+        for (name, health), (sent, previous, since_ms, now_ms) in zip(
+                healths.items(), replies, strict=True):
+            if sent:
+                won[name] = self._announce(HealthChange(
+                    name, "ok" if health.ok else health.status, str(previous), health,
+                    float(now_ms) / 1000, float(since_ms) / 1000))
+        return won
+
+    def _announce(self, change: HealthChange) -> HealthChange:
+        with logs.bound(change.service):
             (logger.info if change.recovered else logger.warning)("health: %s", change.text())
         self._enqueue(change)
         return change

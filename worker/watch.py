@@ -40,8 +40,17 @@ class HealthWatcher:
     def watch(self) -> int:
         self.op.refresh()  # services registered since the last round
         _, statuses = self.op.statuses(self.op.known())
-        won = [s.name for s in statuses if self.notifier.observe(s.name, s.health) is not None]
+        won = self.notifier.observe_all({s.name: s.health for s in statuses})
+        self._forget_gone({s.name for s in statuses})
         return len(won)
+
+    def _forget_gone(self, known: set[str]) -> None:
+        """Drop the recorded health of services no longer known (``svc forget``)."""
+        store = self.op.store
+        with store.reaching():
+            gone = set(store.client.hkeys(store.keys.health())) - known
+            if gone:
+                store.client.hdel(store.keys.health(), *gone)
 
     def _take_turn(self) -> bool:
         store = self.op.store
