@@ -18,6 +18,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	bash tests/browser/ensure_chromium.sh
+	bash tests/ensure_promtool.sh
 	$(BIN)/python -m tests.environment $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -21,6 +21,12 @@ The schedule's numbers come from what the leader Beat keeps in Redis: each servi
 tick from the due set, the leader's lease, and its tick lateness over the last minute from
 its stats hash (left out when those stats are stale: a number nobody updates would read as
 a healthy Beat).
+
+Health and liveness (``svc_healthy``, ``svc_health_problem``, ``svc_overdue_seconds``,
+``svc_service_workers``, ``svc_workers_alive``, ``svc_beats_alive``, ``svc_beat_leader_up``)
+come from :mod:`worker.metrics_health`, read in the same round trip as the state
+(``Operator.snapshot``), so a scrape never shows a service healthy by one reading and its
+workers gone by another.
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ from prometheus_client.registry import Collector
 
 from services.errors import ServiceError
 from services.fields import OUTCOMES
+from services.heartbeat import Liveness
 from services.state import ServiceState
+from worker.metrics_health import health_families, liveness_families
 from worker.ops_schedule import BeatView, read_beat
 
 if TYPE_CHECKING:
@@ -69,7 +77,9 @@ class ServiceCollector(Collector):
                                "1 when the last scrape could read service state from Redis.")
         try:
             self.op.refresh()  # workers may have registered services since the last scrape
-            _, statuses = self.op.statuses(self.op.known())
+            # One round trip for every service's state and health and who is alive; the
+            # leader's lateness stats are a second, small one.
+            _, statuses, liveness = self.op.snapshot(self.op.known())
             beat = read_beat(self.op.store)
         except (ServiceError, redis.RedisError) as exc:
             # Scrapes go on reporting that Redis is away rather than failing with a 500.
@@ -80,7 +90,9 @@ class ServiceCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from self._families(statuses)
-        yield from self._beat(beat)
+        yield from health_families(statuses)
+        yield from liveness_families(statuses, liveness)
+        yield from self._beat(beat, liveness)
 
     def _families(self, statuses: list[ServiceStatus]) -> Iterator[Metric]:
         labels = ["service"]
@@ -152,10 +164,12 @@ class ServiceCollector(Collector):
             lost.add_metric([], loss.lost_at)
             yield lost
 
-    def _beat(self, beat: BeatView) -> Iterator[Metric]:
+    def _beat(self, beat: BeatView, liveness: Liveness) -> Iterator[Metric]:
         leader = GaugeMetricFamily(f"{PREFIX}_beat_leader",
                                    "1 while a Beat holds the leader lease (sends the ticks).")
-        leader.add_metric([], 1.0 if beat.leader else 0.0)
+        # The lease as the snapshot read it, the same reading as svc_beat_leader_up and the
+        # services' no_beat problem (read_beat reads it again a moment later).
+        leader.add_metric([], 1.0 if liveness.beat_leader is not None else 0.0)
         yield leader
         lateness = GaugeMetricFamily(
             f"{PREFIX}_tick_lateness_seconds",

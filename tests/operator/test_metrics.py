@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from beat_schedule.leader import BeatLease
+from services.heartbeat import BEAT, WORKER, Heartbeat
 from services.keys import Keys
+from services.registry import Registry
+from services.settings import load_settings
+from services.state import StateStore
 from tests.operator.conftest import Svc
 from tests.waiting import wait_for
 from worker.metrics import DURATION_BUCKETS_MS
@@ -177,3 +182,117 @@ def test_metrics_port_in_use_is_one_line(svc: Svc) -> None:
         proc = svc.run("metrics", "--port", str(port), "--address", "127.0.0.1", timeout=30)
     assert proc.returncode == 1
     assert proc.stderr.startswith("svc: OSError") and "Traceback" not in proc.stderr
+
+
+# -- health and liveness: the metrics the alerting rules read --------------------------------
+
+
+def once(svc: Svc) -> Samples:
+    result = svc("metrics", "--once")
+    assert result.exit_code == 0, result.output
+    return parse(result.stdout)
+
+
+def problems(samples: Samples, service: str) -> set[str]:
+    """The svc_health_problem codes the scrape holds for ``service`` (each with value 1)."""
+    found = {dict(labels)["problem"]: v for (name, labels), v in samples.items()
+             if name == "svc_health_problem" and dict(labels)["service"] == service}
+    assert set(found.values()) <= {1.0}
+    return set(found)
+
+
+def register(store: StateStore, *names: str) -> None:
+    """As a worker does at start: the services' settings in the index, so Beat schedules them
+    and health knows their schedule."""
+    store.register_services(Registry.discover(packages=["tests.svc_celery"],
+                                              only=list(names)).configs())
+
+
+def test_stopped_service_is_unhealthy_and_a_paused_one_healthy(svc: Svc) -> None:
+    assert svc("stop", "ticker", "--reason", "disk full").exit_code == 0
+    assert svc("pause", "slow", "--reason", "db maintenance").exit_code == 0
+    samples = once(svc)
+    assert value(samples, "svc_running", "ticker") == 0
+    assert value(samples, "svc_healthy", "ticker") == 0
+    assert value(samples, "svc_health_problem", "ticker", problem="stopped") == 1
+    # Stopped runs nothing, so no worker or Beat is missing for it: the one problem is stopped.
+    assert problems(samples, "ticker") == {"stopped"}
+    # Paused counts as healthy, and has no problem series at all.
+    assert value(samples, "svc_healthy", "slow") == 1
+    assert problems(samples, "slow") == set()
+    # Failing is untouched: running, with neither a worker nor a Beat in this test.
+    assert value(samples, "svc_healthy", "failing") == 0
+    assert problems(samples, "failing") == {"no_beat", "no_worker"}
+    for service in ("ticker", "slow", "failing"):
+        assert value(samples, "svc_overdue_seconds", service) == 0
+
+    assert svc("start", "ticker").exit_code == 0
+    assert value(once(svc), "svc_health_problem", "ticker", problem="stopped") is None
+
+
+def test_worker_heartbeat_sets_workers_alive_and_service_workers(svc: Svc,
+                                                                 store: StateStore) -> None:
+    before = once(svc)
+    assert before[("svc_workers_alive", ())] == 0
+    assert value(before, "svc_service_workers", "ticker") == 0
+    assert "no_worker" in problems(before, "ticker")
+
+    heartbeat = Heartbeat(store, WORKER, load_settings())
+    heartbeat.beat(services=["ticker"], queues=["celery"])
+    alive = once(svc)
+    assert alive[("svc_workers_alive", ())] == 1
+    assert alive[("svc_beats_alive", ())] == 0
+    assert value(alive, "svc_service_workers", "ticker") == 1
+    assert "no_worker" not in problems(alive, "ticker")
+    # A worker that does not have failing's task does not serve it.
+    assert value(alive, "svc_service_workers", "failing") == 0
+    assert "no_worker" in problems(alive, "failing")
+
+    heartbeat.retire()  # a graceful stop: gone at once, not three heartbeats later
+    gone = once(svc)
+    assert gone[("svc_workers_alive", ())] == 0
+    assert value(gone, "svc_service_workers", "ticker") == 0
+
+
+def test_beat_leader_up_follows_the_lease(svc: Svc, store: StateStore) -> None:
+    settings = load_settings()
+    none = once(svc)
+    assert none[("svc_beat_leader_up", ())] == 0
+    assert none[("svc_beat_leader", ())] == 0
+    assert "no_beat" in problems(none, "ticker")
+
+    # A Beat alive on standby is not a leader: still no ticks.
+    Heartbeat(store, BEAT, settings).beat(role="standby")
+    standby = once(svc)
+    assert standby[("svc_beats_alive", ())] == 1
+    assert standby[("svc_beat_leader_up", ())] == 0
+
+    lease = BeatLease(store, lease_seconds=30)
+    assert lease.try_claim()
+    leading = once(svc)
+    assert leading[("svc_beat_leader_up", ())] == 1
+    assert leading[("svc_beat_leader", ())] == 1
+    assert "no_beat" not in problems(leading, "ticker")
+
+    lease.release()
+    assert once(svc)[("svc_beat_leader_up", ())] == 0
+
+
+def test_overdue_seconds_grow_when_nothing_runs_a_served_service(svc: Svc,
+                                                                 store: StateStore) -> None:
+    # A worker serves ticker and a Beat leads, but no tick is ever run: ticker (every 0.5 s)
+    # is overdue three intervals after the worker started, and more so with every scrape.
+    register(store, "ticker")
+    Heartbeat(store, WORKER, load_settings()).beat(services=["ticker"], queues=["celery"])
+    lease = BeatLease(store, lease_seconds=30)
+    assert lease.try_claim()
+    try:
+        first = wait_for(lambda: (value(s := once(svc), "svc_overdue_seconds", "ticker")
+                                  or 0) > 0 and s, 10, "ticker to be overdue")
+        assert value(first, "svc_healthy", "ticker") == 0
+        assert value(first, "svc_health_problem", "ticker", problem="overdue") == 1
+        late = value(first, "svc_overdue_seconds", "ticker")
+        wait_for(lambda: value(once(svc), "svc_overdue_seconds", "ticker") > late, 10,
+                 "overdue seconds to grow")
+    finally:
+        lease.release()
