@@ -94,9 +94,15 @@ def operator(ctx: typer.Context) -> Operator:
 
 @app.command("list")
 @edge
-def list_services(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Every service at a glance: state, failures, schedule, last run, next tick."""
-    show_services(operator(ctx), as_json, detailed=False)
+def list_services(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    wide: Annotated[bool, typer.Option(
+        "--wide", help="Every column in full, however wide the terminal.")] = False,
+) -> None:
+    """Every service at a glance: state, failures, next tick, last run, schedule, last
+    success, lease; as many columns as the terminal's width (or COLUMNS) holds."""
+    show_services(operator(ctx), as_json, detailed=False, wide=wide)
 
 
 @app.command()
@@ -129,7 +135,7 @@ def status(
         render.print_detail(found, audit, history, op.registry.errors, op.index_errors)
 
 
-def show_services(op: Operator, as_json: bool, detailed: bool) -> None:
+def show_services(op: Operator, as_json: bool, detailed: bool, wide: bool = False) -> None:
     now, found = op.statuses(op.known())
     beat = read_beat(op.store) if detailed else None
     if as_json:
@@ -142,7 +148,7 @@ def show_services(op: Operator, as_json: bool, detailed: bool) -> None:
     elif detailed:
         render.print_details(found, op.registry.errors, op.index_errors, beat)
     else:
-        render.print_services(found, op.registry.errors, op.index_errors)
+        render.print_services(found, op.registry.errors, op.index_errors, wide=wide)
 
 
 @app.command()

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +29,8 @@ from worker.ops_schedule import BeatView, ScheduleInfo
 
 CONDITION_STYLE = {"running": "green", "paused": "yellow", "stopped": "red",
                    "backoff": "magenta", "corrupt": "bold red", "held": "bold red"}
-# Outside a terminal (pipes, CI logs, tests) rich would wrap at 80 columns and split values.
+# Outside a terminal (pipes, CI logs, tests) rich would wrap at 80 columns and split values,
+# so output is this wide there unless COLUMNS says otherwise.
 PLAIN_WIDTH = 220
 # C0 and C1 control characters (ESC starts terminal sequences, CR overwrites a line, BEL
 # rings, 0x9b is a one-byte CSI) and the bidi overrides that make text read other than it is.
@@ -47,8 +50,11 @@ def cell(value: object, style: str = "") -> Text:
 
 
 def console(stderr: bool = False) -> Console:
+    """The terminal's width (COLUMNS first, as rich reads it); outside a terminal COLUMNS if
+    set, else PLAIN_WIDTH, so a script that asks for a width gets it."""
     out = Console(stderr=stderr, highlight=False, soft_wrap=False)
-    if not out.is_terminal:
+    asked = os.environ.get("COLUMNS", "")
+    if not out.is_terminal and not (asked.isdigit() and int(asked) > 0):
         out.width = PLAIN_WIDTH
     return out
 
@@ -60,10 +66,10 @@ def emit_json(value: Any) -> None:
 # -- small formats -------------------------------------------------------------------------
 
 
-def when(ts: object, now: float) -> str:
-    """``14:03:22 (3s ago)``; the date too when it is not today. Whatever Redis held: a time
-    no calendar reaches (``1e12``) is shown as its number, and a value that is no time at all
-    as it is, rather than failing the whole listing."""
+def when(ts: object, now: float, short: bool = False) -> str:
+    """``14:03:22 (3s ago)``; the date too when it is not today; ``short``: ``3s ago`` alone.
+    Whatever Redis held: a time no calendar reaches (``1e12``) is shown as its number, and a
+    value that is no time at all as it is, rather than failing the whole listing."""
     if ts is None:
         return "-"
     if isinstance(ts, bool) or not isinstance(ts, int | float):
@@ -74,10 +80,13 @@ def when(ts: object, now: float) -> str:
         moment = datetime.fromtimestamp(ts).astimezone()
     except (OverflowError, OSError, ValueError):  # past year 9999 or before year 1
         return f"{ts:g} ({'far future' if ts > now else 'far past'})"
+    delta = ts - now
+    relative = f"in {span(delta)}" if delta > 0 else f"{span(-delta)} ago"
+    if short:
+        return relative
     today = datetime.fromtimestamp(now).astimezone().date()
     clock = moment.strftime("%H:%M:%S" if moment.date() == today else "%Y-%m-%d %H:%M:%S")
-    delta = ts - now
-    return f"{clock} ({'in ' + span(delta) if delta > 0 else span(-delta) + ' ago'})"
+    return f"{clock} ({relative})"
 
 
 def span(seconds: float) -> str:
@@ -105,13 +114,21 @@ def duration_text(value: object) -> str:
     return span(value)
 
 
-def condition_text(status: ServiceStatus) -> Text:
-    kind = status.condition
+def condition_text(status: ServiceStatus, short: bool = False) -> Text:
+    """``running``, ``paused``, ``stopped: <reason>``...; ``short`` for a narrow listing: the
+    state word still leads, so a cut keeps it."""
+    kind, state = status.condition, status.state
+    retry = when(state.retry_at, status.now, short)
+    reason = state.stop_reason or ""
+    stopped = f"stopped: {reason or 'no reason recorded'}"
+    if short and reason.startswith("stopped by "):  # an operator's stop: say "stopped" once
+        stopped = reason
     label = {
-        "stopped": f"stopped: {status.state.stop_reason or 'no reason recorded'}",
-        "backoff": f"backing off until {when(status.state.retry_at, status.now)}",
-        "corrupt": "corrupt flag: nothing runs (" + ", ".join(status.state.corrupt) + ")",
-        "held": "held: Redis lost its data; waiting for an operator (svc resume)",
+        "stopped": stopped,
+        "backoff": f"backoff: retry {retry}" if short else f"backing off until {retry}",
+        "corrupt": "corrupt flag: nothing runs (" + ", ".join(state.corrupt) + ")",
+        "held": "held: waiting for an operator" if short
+                else "held: Redis lost its data; waiting for an operator (svc resume)",
     }.get(kind, kind)
     if kind == "running" and status.leases:
         label = "running (run in progress)"
@@ -130,18 +147,18 @@ def lease_text(leases: tuple[Lease, ...] | list[Lease], now: float) -> str:
                      for lease in leases)
 
 
-def next_tick_text(status: ServiceStatus) -> str:
+def next_tick_text(status: ServiceStatus, short: bool = False) -> str:
     if status.condition in ("stopped", "paused", "corrupt"):
         return f"- ({status.condition})"
     due = status.next_tick_at
     if due is None:
         info = status.schedule
         if info is not None and not info.registered:
-            return "- (no worker registered it)"
-        return "- (not scheduled by a Beat yet)"
-    text = when(due, status.now) if due > status.now else "due now"
+            return "- (unregistered)" if short else "- (no worker registered it)"
+        return "- (no Beat yet)" if short else "- (not scheduled by a Beat yet)"
+    text = when(due, status.now, short) if due > status.now else "due now"
     if status.schedule is not None and status.schedule.pending:
-        text += " (schedule changed: Beat reschedules at its next poll)"
+        text += " (changing)" if short else " (schedule changed: Beat reschedules at its next poll)"
     return text
 
 
@@ -186,10 +203,13 @@ def change_text(status: ServiceStatus) -> str:
     return f"{state.change} by {state.changed_by} at {when(state.changed_at, status.now)}{why}"
 
 
-def last_run_text(status: ServiceStatus) -> str:
+def last_run_text(status: ServiceStatus, short: bool = False) -> str:
+    """``14:03:22 (3s ago) ok, 12ms``; ``short``: ``3s ago ok``."""
     run = status.last_run
     if not run:
-        return when(status.state.last_started_at, status.now)
+        return when(status.state.last_started_at, status.now, short)
+    if short:
+        return f"{when(run.get('finished_at'), status.now, short)} {run.get('outcome', '?')}"
     duration = duration_text(run.get("duration"))
     took = f", {duration}" if duration != "-" else ""
     return f"{when(run.get('finished_at'), status.now)} {run.get('outcome', '?')}{took}"
@@ -198,31 +218,149 @@ def last_run_text(status: ServiceStatus) -> str:
 # -- views ---------------------------------------------------------------------------------
 
 
-def service_table(statuses: list[ServiceStatus]) -> Table:
+@dataclass(frozen=True)
+class Column:
+    """One column of ``svc list``, shown in the order of :data:`LIST_COLUMNS`. As the width
+    shrinks, columns are given up from the highest ``priority`` number; the
+    :data:`ALWAYS_SHOWN` lowest stay at any width. ``min_width``: the narrowest worth showing
+    (its title, and its short form mostly whole). ``render(status, short)``: the cell, made
+    by :func:`cell` (Redis's values are untrusted); ``short`` asks for the abbreviated form
+    (``3s ago`` for a time), used when the full one does not fit. ``max_width``: a long value
+    is cut there even when there is room (``svc status NAME`` shows it whole)."""
+
+    title: str
+    priority: int
+    min_width: int
+    render: Callable[[ServiceStatus, bool], Text]
+    max_width: int | None = None
+
+
+def lease_workers(status: ServiceStatus) -> str:
+    return ", ".join(lease.worker for lease in status.leases) or "-"
+
+
+# How many of the most important columns are shown at any width.
+ALWAYS_SHOWN = 2
+# Priorities are tens apart, so that a new column slots in anywhere with one entry. A name
+# is cut only past 40 characters, and then only when the width is short.
+LIST_COLUMNS: tuple[Column, ...] = (
+    Column("SERVICE", 0, 40, lambda s, short: cell(s.name)),
+    Column("STATE", 10, 25, condition_text, max_width=48),
+    Column("FAILURES", 20, 8, lambda s, short: cell(failures_text(s))),
+    Column("SCHEDULE", 50, 12, lambda s, short: cell(s.schedule.text() if s.schedule else "-"),
+           max_width=48),
+    Column("LAST RUN", 40, 13, lambda s, short: cell(last_run_text(s, short))),
+    Column("LAST SUCCESS", 60, 12,
+           lambda s, short: cell(when(s.state.last_success_at, s.now, short))),
+    Column("NEXT TICK", 30, 11, lambda s, short: cell(next_tick_text(s, short))),
+    Column("LEASE", 70, 12, lambda s, short: cell(lease_workers(s)), max_width=40),
+)
+
+
+@dataclass(eq=False)  # compared by identity: two columns may hold equal cells
+class Placed:
+    """A column being laid out: its cells in both forms, the width each needs, its width."""
+
+    column: Column
+    full: list[Text]
+    short: list[Text]
+    full_width: int = field(init=False)
+    short_width: int = field(init=False)
+    width: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.full_width, self.short_width = self.need(self.full), self.need(self.short)
+        self.width = min(self.column.min_width, self.short_width)
+
+    def need(self, cells: list[Text]) -> int:
+        widest = max([len(self.column.title), *(text.cell_len for text in cells)])
+        return min(widest, self.column.max_width or widest)
+
+    def shrink(self, excess: int) -> int:
+        """Narrow by up to ``excess``, to one character at least; how much."""
+        cut = max(0, min(excess, self.width - 1))
+        self.width -= cut
+        return cut
+
+    def grow(self, room: int, to: int) -> int:
+        """Widen towards ``to`` by at most ``room``; the room used."""
+        used = max(0, min(room, to - self.width))
+        self.width += used
+        return used
+
+    @property
+    def cells(self) -> list[Text]:
+        """The full form where it fits whole (or is cut at max_width anyway), else short."""
+        return self.full if self.width >= self.full_width else self.short
+
+
+def table_chrome(columns: int) -> int:
+    """Characters a ``Table(pad_edge=False)`` adds to its columns' widths: two edges, a rule
+    between columns, and a space of padding either side of every inner rule."""
+    return 3 * columns - 1
+
+
+def layout(statuses: Sequence[ServiceStatus], width: int | None,
+           columns: Sequence[Column]) -> list[Placed]:
+    """The columns that fit in ``width`` (None: every column, in full), in display order.
+    Columns are kept by priority while their minimum widths fit; the room left goes, by
+    priority, first to the short forms, then to the full ones."""
+    placed = [Placed(column, [column.render(s, False) for s in statuses],
+                     [column.render(s, True) for s in statuses]) for column in columns]
+    if width is None:
+        for col in placed:
+            col.width = col.full_width
+        return placed
+    kept = keep_by_priority(placed, width)
+    room = width - table_chrome(len(kept)) - sum(col.width for col in kept)
+    by_priority = sorted(kept, key=lambda col: col.column.priority)
+    for col in reversed(by_priority):  # too narrow even so: cut the state, not the name
+        room += col.shrink(-room)
+    for col in by_priority:
+        room -= col.grow(room, col.short_width)
+    for col in by_priority:
+        room -= col.grow(room, col.full_width)
+    return kept
+
+
+def keep_by_priority(placed: list[Placed], width: int) -> list[Placed]:
+    """The most important columns whose minimum widths fit together; the first two (the name
+    and the state) however narrow it is."""
+    kept: list[Placed] = []
+    for col in sorted(placed, key=lambda col: col.column.priority):
+        needed = sum(c.width for c in kept) + col.width + table_chrome(len(kept) + 1)
+        if len(kept) >= ALWAYS_SHOWN and needed > width:
+            break  # strictly by priority: no narrow minor column past a dropped major one
+        kept.append(col)
+    return [col for col in placed if col in kept]
+
+
+def table_width(placed: Sequence[Placed]) -> int:
+    return sum(col.width for col in placed) + table_chrome(len(placed))
+
+
+def service_table(placed: Sequence[Placed]) -> Table:
     table = Table(pad_edge=False)
-    for title in ("SERVICE", "STATE", "FAILURES", "SCHEDULE", "LAST RUN", "LAST SUCCESS",
-                  "NEXT TICK", "LEASE"):
-        # A long stop reason (or worker name) is cut here; `svc status NAME` shows it whole.
-        table.add_column(title, no_wrap=True, overflow="ellipsis",
-                         max_width={"STATE": 48, "LEASE": 40, "SCHEDULE": 48}.get(title))
-    for status in statuses:
-        table.add_row(
-            cell(status.name), condition_text(status), cell(failures_text(status)),
-            cell(status.schedule.text() if status.schedule else "-"),
-            cell(last_run_text(status)), cell(when(status.state.last_success_at, status.now)),
-            cell(next_tick_text(status)),
-            cell(", ".join(lease.worker for lease in status.leases) or "-"))
+    for col in placed:
+        # One line per service: a value is cut at the column's width, never wrapped.
+        table.add_column(col.column.title, width=col.width, no_wrap=True, overflow="ellipsis")
+    for row in zip(*(col.cells for col in placed), strict=True):
+        table.add_row(*row)
     return table
 
 
 def print_services(statuses: list[ServiceStatus], errors: list[str],
-                   index_errors: Sequence[str] = ()) -> None:
-    """``svc list``: one row per service, then what needs attention."""
+                   index_errors: Sequence[str] = (), wide: bool = False) -> None:
+    """``svc list``: one row per service, as many columns as the width holds (``wide``:
+    all of them, in full, however wide that is), then what needs attention."""
     out = console()
     if not statuses:
         out.print("no services: none discovered here and none registered by a worker")
     else:
-        out.print(service_table(statuses))
+        placed = layout(statuses, None if wide else out.width, LIST_COLUMNS)
+        if wide:  # rich would squeeze the table back into the terminal's width
+            out.width = max(out.width, table_width(placed))
+        out.print(service_table(placed))
     for status in statuses:
         for warning in status.warnings:
             if warning.startswith("unreadable"):
