@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -220,15 +221,59 @@ def _log_end(outcome: str, error: BaseException | None) -> None:
 
 
 def _log_decision(key: str, decision: Decision) -> None:
+    """Log why the guard refused a run, once per change of verdict per process.
+
+    A paused or stopped service is refused at every tick, for days, and an INFO line each
+    time buried everything else. So the first refusal with a given verdict logs at INFO
+    (``corrupt`` at ERROR), the same verdict again only at DEBUG, until this process sees the
+    service run or get another verdict. ``leased`` and ``duplicate`` (a run in progress, a
+    tick delivered twice) are treated the same way: they are normal, can come at every tick
+    of a slow service, and a repeat says nothing new either. The memory is this process's:
+    one that never saw the run between two pauses (another process took it) keeps the
+    second pause at DEBUG; ``svc audit`` records every pause regardless."""
     for warning in decision.warnings:
         logger.warning("%s holds unreadable %s (expected a number); treated as unset",
                        key, warning)
-    if decision.verdict == "corrupt":
-        logger.error("not running: %s holds %s, which is not a flag (expected 1 or 0); fix it "
-                     "with HSET", key, decision.detail)
-    elif not decision.go:
-        logger.info("not running: %s%s", decision.verdict,
-                    f" ({decision.detail})" if decision.detail else "")
+    changed = _note_verdict(key, None if decision.go else _refusal(decision))
+    if decision.go:
+        return
+    corrupt = decision.verdict == "corrupt"
+    level = (logging.ERROR if corrupt else logging.INFO) if changed else logging.DEBUG
+    if corrupt:
+        logger.log(level, "not running: %s holds %s, which is not a flag (expected 1 or 0); "
+                   "fix it with HSET", key, decision.detail)
+    else:
+        logger.log(level, "not running: %s%s", decision.verdict,
+                   f" ({decision.detail})" if decision.detail else "")
+
+
+# The last refusal each service (by state key, so two prefixes in one process stay apart) got
+# in this process; a run removes its entry. Tiny: one short string per refused service. The
+# lock covers standalone loops run on threads of their own (each with its event loop); a
+# prefork process runs one task at a time, and its parent runs none, so a child starts empty.
+_last_refusal: dict[str, str] = {}
+_last_refusal_lock = threading.Lock()
+# Verdicts whose detail names the cause (the stop reason, the bad flag, when Redis lost its
+# data), so a new cause is news. Other details change at every tick (duplicate: the last
+# slot; leased: the holders) or only with a run (backoff: retry_at), so the verdict suffices.
+_DETAIL_IS_CAUSE = frozenset({"stopped", "corrupt", "held"})
+
+
+def _refusal(decision: Decision) -> str:
+    """What makes two refusals the same news."""
+    if decision.verdict in _DETAIL_IS_CAUSE:
+        return f"{decision.verdict}: {decision.detail}"
+    return decision.verdict
+
+
+def _note_verdict(key: str, refusal: str | None) -> bool:
+    """Remember ``refusal`` (None: the service ran) for ``key``; true when it differs from
+    the last one remembered."""
+    with _last_refusal_lock:
+        previous = _last_refusal.pop(key, None)
+        if refusal is not None:
+            _last_refusal[key] = refusal
+    return refusal != previous
 
 
 def _log_outcome(service: AbstractService, ticket: RunTicket, result: FinishResult) -> None:

@@ -186,7 +186,7 @@ def test_hset_paused_stops_every_worker_and_resume_brings_runs_back(
         runs_at_pause = store.read("ticker").runs
         # Every worker refuses ticks: each says so at least twice after the pause.
         for worker, mark in zip(workers, marks, strict=True):
-            wait_for(lambda w=worker, m=mark: w.output()[m:].count("not running: paused") >= 2,
+            wait_for(lambda w=worker, m=mark: w.output()[m:].count("'skipped: paused'") >= 2,
                      20, f"{worker.name} to refuse ticks while paused\n{c.logs()}")
         started_while_paused = [row for row in store.history("ticker", 100)
                                 if row["started_at"] > paused_at]
