@@ -24,8 +24,10 @@ import typer
 from services import logs
 from services.errors import ServiceConfigError, StateCorruptError
 from services.settings import load_settings, redact_url
+from worker import cli_list
 from worker import cli_render as render
 from worker.cli_edge import EXIT_FAILED, EXIT_USAGE, OneLineGroup, edge, fail
+from worker.cli_health import health, workers
 from worker.cli_schedule import forget, schedule
 from worker.ops import Operator, actor, check_reason
 from worker.ops_schedule import read_beat
@@ -148,7 +150,7 @@ def show_services(op: Operator, as_json: bool, detailed: bool, wide: bool = Fals
     elif detailed:
         render.print_details(found, op.registry.errors, op.index_errors, beat)
     else:
-        render.print_services(found, op.registry.errors, op.index_errors, wide=wide)
+        cli_list.print_services(found, op.registry.errors, op.index_errors, wide=wide)
 
 
 @app.command()
@@ -307,6 +309,8 @@ def trigger(ctx: typer.Context, names: Annotated[list[str], typer.Argument(
 
 app.command("schedule")(schedule)
 app.command("forget")(forget)
+app.command("health")(health)
+app.command("workers")(workers)
 
 
 # -- serving and running -------------------------------------------------------------------
@@ -325,6 +329,7 @@ def metrics(
 ) -> None:
     """Serve Prometheus metrics for every service, read from Redis at each scrape."""
     from worker.metrics import exposition, serve
+    from worker.watch import BackgroundWatch
 
     op = operator(ctx)
     if once:
@@ -339,8 +344,10 @@ def metrics(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        while not stop.wait(1):
-            pass
+        # It also watches health: with every worker gone, it is what notifies.
+        with BackgroundWatch(op.settings, "metrics"):
+            while not stop.wait(1):
+                pass
     except KeyboardInterrupt:
         pass
     finally:

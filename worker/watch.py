@@ -12,6 +12,9 @@ turn: two processes that both evaluate still notify a transition once.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from types import TracebackType
 from typing import Any
 
 from services.heartbeat import WORKER, Heartbeat, Pulse
@@ -86,5 +89,28 @@ class WorkerPulse:
             self.heartbeat.retire()
         except Exception as exc:  # Redis away at shutdown: the hash expires by itself
             logger.warning("could not retire this worker's heartbeat: %s", exc)
+        self.watcher.notifier.close()
+        self.watcher.op.close()
+
+
+class BackgroundWatch:
+    """The health watch alone, for a process that is not a worker (``svc metrics``, ``svc
+    web``), so that transitions are still notified when every worker is gone::
+
+        with BackgroundWatch(settings, "metrics"):
+            serve()
+    """
+
+    def __init__(self, settings: Settings, role: str) -> None:
+        self.watcher = watcher_for(settings, f"{role}:{socket.gethostname()}:{os.getpid()}")
+        self.pulse = Pulse(settings.heartbeat_seconds, {"health watch": self.watcher.maybe_watch})
+
+    def __enter__(self) -> BackgroundWatch:
+        self.pulse.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.pulse.stop()
         self.watcher.notifier.close()
         self.watcher.op.close()

@@ -11,13 +11,14 @@ import pytest
 
 from services.state import StateStore
 from tests.operator.conftest import Svc
+from worker import cli_list
 from worker import cli_render as render
 
 # Most important first: the order columns are given up in, from the end.
-PRIORITY = ["SERVICE", "STATE", "FAILURES", "NEXT TICK", "LAST RUN", "SCHEDULE",
+PRIORITY = ["SERVICE", "STATE", "HEALTH", "FAILURES", "NEXT TICK", "LAST RUN", "SCHEDULE",
             "LAST SUCCESS", "LEASE"]
 # The order they are shown in.
-DISPLAY = ["SERVICE", "STATE", "FAILURES", "SCHEDULE", "LAST RUN", "LAST SUCCESS",
+DISPLAY = ["SERVICE", "STATE", "HEALTH", "FAILURES", "SCHEDULE", "LAST RUN", "LAST SUCCESS",
            "NEXT TICK", "LEASE"]
 # A stop reason longer than any column, with markup and an escape sequence that must be
 # shown, not obeyed, however narrow the column that cuts it.
@@ -73,7 +74,7 @@ def check_fits(output: str, columns: int) -> list[str]:
     return headers
 
 
-@pytest.mark.parametrize(("columns", "at_least"), [(80, 4), (100, 5), (140, 8)])
+@pytest.mark.parametrize(("columns", "at_least"), [(80, 5), (100, 6), (140, 9)])
 def test_list_fits_the_width_it_is_given(listed: Svc, columns: int, at_least: int) -> None:
     result = listed("list", COLUMNS=str(columns))
     assert result.exit_code == 0, result.output
@@ -81,7 +82,8 @@ def test_list_fits_the_width_it_is_given(listed: Svc, columns: int, at_least: in
     assert len(headers) >= at_least, result.stdout
     # Abbreviated where the full form does not fit, never wrapped onto a second line.
     ticker = table(result.stdout)[1]["ticker"]
-    assert ticker[headers.index("LAST RUN")].endswith("ago ok"), result.stdout
+    if "LAST RUN" in headers:
+        assert ticker[headers.index("LAST RUN")].endswith("ago ok"), result.stdout
 
 
 def test_the_console_script_fits_80_columns_too(listed: Svc) -> None:
@@ -111,14 +113,25 @@ def test_scripts_without_columns_get_the_wide_plain_listing(listed: Svc) -> None
     assert CLOCK_FIRST.match(table(result.stdout)[1]["ticker"][headers.index("LAST RUN")])
 
 
-def test_a_new_column_is_one_entry(listed: Svc, monkeypatch: pytest.MonkeyPatch) -> None:
-    """How the HEALTH column will come in: right after STATE, nearly as important."""
-    health = render.Column("HEALTH", 15, 8, lambda s, short: render.cell(f"ok\x1b {s.name}"))
-    columns = render.LIST_COLUMNS
-    monkeypatch.setattr(render, "LIST_COLUMNS", (*columns[:2], health, *columns[2:]))
+def test_health_comes_right_after_state_at_80_columns(listed: Svc) -> None:
     result = listed("list", COLUMNS="80")
     assert result.exit_code == 0, result.output
-    assert max(len(line) for line in result.stdout.splitlines()) <= 80
     headers, rows = table(result.stdout)
-    assert headers[:4] == ["SERVICE", "STATE", "HEALTH", "FAILURES"], result.stdout
-    assert rows["slow"][2].startswith("ok\\x1b"), result.stdout
+    assert headers[:3] == ["SERVICE", "STATE", "HEALTH"], result.stdout
+    health = {name: row[2] for name, row in rows.items()}
+    # Nothing is alive in this test: no Beat leads and no worker serves anything.
+    assert health.pop("slow").startswith("no beat,"), result.stdout
+    assert health == {"ticker": "paused", "failing": "stopped"}, result.stdout
+
+
+def test_a_new_column_is_one_entry(listed: Svc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A column is one entry of LIST_COLUMNS: placed by order, kept by priority."""
+    extra = cli_list.Column("EXTRA", 16, 8, lambda s, short: render.cell(f"ok\x1b {s.name}"))
+    columns = cli_list.LIST_COLUMNS
+    monkeypatch.setattr(cli_list, "LIST_COLUMNS", (*columns[:3], extra, *columns[3:]))
+    result = listed("list", COLUMNS="100")
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 100
+    headers, rows = table(result.stdout)
+    assert headers[:5] == ["SERVICE", "STATE", "HEALTH", "EXTRA", "FAILURES"], result.stdout
+    assert rows["slow"][3].startswith("ok\\x1b"), result.stdout
