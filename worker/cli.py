@@ -29,6 +29,7 @@ from worker import cli_render as render
 from worker.cli_edge import EXIT_FAILED, EXIT_USAGE, OneLineGroup, edge, fail
 from worker.cli_health import health, workers
 from worker.cli_schedule import forget, schedule
+from worker.cli_web import web
 from worker.ops import Operator, actor, check_reason
 from worker.ops_schedule import read_beat
 
@@ -311,6 +312,7 @@ app.command("schedule")(schedule)
 app.command("forget")(forget)
 app.command("health")(health)
 app.command("workers")(workers)
+app.command("web")(web)
 
 
 # -- serving and running -------------------------------------------------------------------

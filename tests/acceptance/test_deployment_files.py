@@ -36,10 +36,12 @@ def test_compose_runs_the_procfile_processes_with_the_same_commands() -> None:
 
 def test_svc_up_runs_the_procfile_processes() -> None:
     ours = process_commands(load_settings())
-    # svc up also serves the services page, which the Procfile does not run.
-    assert set(ours) - {"web"} == set(procfile())
+    assert set(ours) == set(procfile())
     assert ours["web"] == [str(Path(sys.executable).with_name("svc")), "web"]
     for name, command in procfile().items():
+        if name == "web":  # svc's own command, not a celery sub-command
+            assert command == "svc web"
+            continue
         # svc up runs the same celery sub-command (through this interpreter, as an argument
         # list), maybe followed by one-machine extras (concurrency, schedule file under var/,
         # Flower's address).
@@ -67,3 +69,10 @@ def test_compose_flower_basic_auth_comes_from_the_environment() -> None:
     # ":?": compose refuses to start without it, since Flower listens on every interface.
     assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
     assert flower["environment"]["FLOWER_ADDRESS"] == "0.0.0.0"
+
+
+def test_compose_services_page_needs_a_login() -> None:
+    web = compose()["web"]
+    # ":?": compose refuses to start without it; svc web refuses 0.0.0.0 without it too.
+    assert web["environment"]["SVC_WEB_BASIC_AUTH"].startswith("${SVC_WEB_BASIC_AUTH:?")
+    assert web["environment"]["SVC_WEB_ADDRESS"] == "0.0.0.0"

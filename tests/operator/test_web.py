@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,21 +31,9 @@ from worker.web import Site, serve
 USER, PASSWORD = "ops", "web-test-secret"
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 # Until worker/cli.py registers the command, `svc web` is svc's own app with it added.
-REGISTER_AND_RUN = (
-    "from worker.cli import app, main\n"
-    "from worker.cli_web import web\n"
-    "if not any(c.name == 'web' for c in app.registered_commands):\n"
-    "    app.command('web')(web)\n"
-    "main()\n")
-
-
 def svc_web_argv() -> list[str]:
     """The ``svc web`` command line."""
-    from worker.cli import app
-
-    if any(info.name == "web" for info in app.registered_commands):
-        return [str(SVC_BIN), "web"]
-    return [sys.executable, "-c", REGISTER_AND_RUN, "web"]
+    return [str(SVC_BIN), "web"]
 
 
 def free_port() -> int:
