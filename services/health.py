@@ -160,8 +160,8 @@ def assess(state: ServiceState, *, config: ServiceConfig | None, schedule: Sched
                                     _serving_since(name, queue, liveness))
         if deadline is not None and now > deadline:
             late = now - deadline
-            problems.append(Problem(OVERDUE, f"no successful run for {_ago(state, now)} "
-                                    f"({_span(late)} past due)"))
+            problems.append(Problem(OVERDUE, f"{_no_success(state, now)} ({_span(late)} "
+                                    "past due)"))
         if state.failures > 0:
             problems.append(Problem(FAILING, _failing_detail(state, config)))
     problems.sort(key=lambda p: PROBLEMS.index(p.code))
@@ -236,10 +236,10 @@ def _failing_detail(state: ServiceState, config: ServiceConfig | None) -> str:
     return f"{state.failures}/{limit} consecutive failures{error}"
 
 
-def _ago(state: ServiceState, now: float) -> str:
+def _no_success(state: ServiceState, now: float) -> str:
     if state.last_success_at is None:
-        return "ever (none recorded)"
-    return _span(now - state.last_success_at)
+        return "no successful run yet"
+    return f"no successful run for {_span(now - state.last_success_at)}"
 
 
 def _span(seconds: float) -> str:

@@ -156,11 +156,13 @@ def next_tick_text(status: ServiceStatus, short: bool = False) -> str:
         if info is not None and not info.registered:
             return "- (unregistered)" if short else "- (no worker registered it)"
         return "- (no Beat yet)" if short else "- (not scheduled by a Beat yet)"
-    if NO_BEAT in status.health.codes:  # the due time stays, but nobody sends it
-        return "- (no Beat)" if short else "- (no Beat leads: no tick is sent)"
+    if NO_BEAT in status.health.codes and short:  # the due time stays, but nobody sends it
+        return "- (no Beat)"
     text = when(due, status.now, short) if due > status.now else "due now"
     if status.schedule is not None and status.schedule.pending:
         text += " (changing)" if short else " (schedule changed: Beat reschedules at its next poll)"
+    if NO_BEAT in status.health.codes:
+        text += " (no Beat leads: not sent)"
     return text
 
 

@@ -238,7 +238,7 @@ def test_svc_up_banner_says_when_flower_has_no_login() -> None:
     settings = load_settings()
     assert "Flower has no login: anyone who reaches 127.0.0.1:5555" in banner(
         settings, embedded=False, flower_login=False)
-    assert "no login" not in banner(settings, embedded=False, flower_login=True)
+    assert "Flower has no login" not in banner(settings, embedded=False, flower_login=True)
 
 
 # --- TLS to Redis ----------------------------------------------------------------------------
