@@ -13,7 +13,7 @@ from typing import Any
 # Python's datetime cannot even represent). Read as unset and reported, never a crash.
 LATEST_TIME = 32_503_680_000.0
 TIME_FIELDS = ("retry_at", "last_started_at", "last_finished_at", "last_success_at",
-               "last_error_at", "changed_at")
+               "last_error_at", "changed_at", "registered_at")
 # How a run ends. Each is counted in the hash as runs_<outcome> (worker/metrics.py).
 OK, ERROR, TIMEOUT, INTERRUPTED, LOST = "ok", "error", "timeout", "interrupted", "lost"
 OUTCOMES = (OK, ERROR, TIMEOUT, INTERRUPTED, LOST)
@@ -55,6 +55,9 @@ class ServiceState:
     changed_at: float | None = None
     change: str | None = None
     change_reason: str | None = None
+    registered_at: float | None = None
+    """When a worker first registered the service (health measures a service that never
+    succeeded from here)."""
     corrupt: tuple[str, ...] = field(default=())
 
     @classmethod

@@ -40,7 +40,8 @@ STATUSES = (OK, PAUSED, *PROBLEMS)
 # heartbeat or a tick arriving a moment later could undo.
 IMMEDIATE = frozenset({STATE_LOST, CORRUPT, STOPPED})
 # Failing is a step on the way to stopped (max_failures) and has its own alerting rule
-# (failing for N runs): it is shown, never notified.
+# (failing for N runs): notified only when it follows an alert (stopped, started again, and
+# failing again), never on its own.
 QUIET = frozenset({FAILING})
 OVERDUE_INTERVALS = 3
 CRON_GRACE_SECONDS = 60.0
@@ -131,12 +132,14 @@ class HealthChange:
 
 def assess(state: ServiceState, *, config: ServiceConfig | None, schedule: Schedule | None,
            liveness: Liveness, now: float, inflight: Mapping[str, float] | None = None,
-           held: bool = False, hard_limit_grace: float = 0.0) -> Health:
+           held: bool = False, hard_limit_grace: float = 0.0,
+           last_outcome: str | None = None) -> Health:
     """The health of the service whose hash is ``state``.
 
     ``inflight``: run token -> start (Unix time) of each run in progress; ``held``: Redis lost
     its data and the service's flags were neither restored nor confirmed; ``hard_limit_grace``:
-    SVC_HARD_LIMIT_GRACE_SECONDS (a run past ``timeout_seconds`` plus it is stuck)."""
+    SVC_HARD_LIMIT_GRACE_SECONDS (a run past ``timeout_seconds`` plus it is stuck);
+    ``last_outcome``: how the newest recorded run ended (services.fields.OUTCOMES)."""
     name = state.name
     queue = config.queue if config is not None else None
     problems: list[Problem] = []
@@ -156,9 +159,12 @@ def assess(state: ServiceState, *, config: ServiceConfig | None, schedule: Sched
     problems += _stuck(config, inflight or {}, now, hard_limit_grace)
     deadline, late = None, 0.0
     if active:
-        deadline = overdue_deadline(state, config, schedule,
-                                    _serving_since(name, queue, liveness))
-        if deadline is not None and now > deadline:
+        deadline = overdue_deadline(state, config, schedule)
+        # A run in progress may yet succeed: a healthy service whose runs take longer than
+        # three intervals is not late (past its hard limit it is `stuck`, which says more).
+        # Unless the last run did not end well: a crash loop always has a run in progress.
+        in_progress = bool(inflight) and last_outcome in (None, OK)
+        if deadline is not None and now > deadline and not in_progress:
             late = now - deadline
             problems.append(Problem(OVERDUE, f"{_no_success(state, now)} ({_span(late)} "
                                     "past due)"))
@@ -170,17 +176,19 @@ def assess(state: ServiceState, *, config: ServiceConfig | None, schedule: Sched
 
 
 def overdue_deadline(state: ServiceState, config: ServiceConfig | None,
-                     schedule: Schedule | None, serving_since: float | None) -> float | None:
+                     schedule: Schedule | None) -> float | None:
     """When the service is overdue unless it succeeds first; None when nothing is expected.
 
     Counted from its last success, or from when it was last started, resumed or reset, or
-    from when the longest-running live worker that serves it started, whichever is newest
-    (a service nothing ran yet is measured from when it could first run). On an interval
-    schedule: ``overdue_after_seconds`` later (default three intervals). On cron: that long
-    after the first slot that follows (default the run's ``timeout_seconds`` plus a minute)."""
+    from when a worker first registered it, whichever is newest (so a service that never
+    succeeded is measured from when it could first run, and a restart of its workers does
+    not move the clock). On an interval schedule: ``overdue_after_seconds`` later (default
+    three intervals). On cron: that long after the first slot that follows (default the
+    run's ``timeout_seconds`` plus a minute)."""
     if schedule is None or config is None:
         return None
-    known = [t for t in (state.last_success_at, state.changed_at, serving_since) if t is not None]
+    known = [t for t in (state.last_success_at, state.changed_at, state.registered_at)
+             if t is not None]
     if not known:
         return None
     since = max(known)
@@ -217,11 +225,6 @@ def _stuck(config: ServiceConfig | None, inflight: Mapping[str, float], now: flo
     return [Problem(STUCK, f"run {run_id} on {worker or '?'} in progress for "
                     f"{_span(now - started)}, past its hard limit "
                     f"({_span(limit)})")]
-
-
-def _serving_since(name: str, queue: str | None, liveness: Liveness) -> float | None:
-    starts = [p.started_at for p in liveness.serving(name, queue) if p.started_at is not None]
-    return min(starts) if starts else None
 
 
 def _stop_detail(state: ServiceState) -> str:

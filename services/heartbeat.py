@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -194,6 +195,10 @@ class Pulse(threading.Thread):
             if self._stopping.wait(self.interval):
                 return
 
+    def failing(self, what: str) -> bool:
+        """Whether job ``what`` failed last time (an outage is going on)."""
+        return self.outages[what].ongoing
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
         if self.is_alive():
@@ -201,10 +206,12 @@ class Pulse(threading.Thread):
 
 
 def _seconds(text: str | None) -> float | None:
+    """A time in ms as Unix seconds; None for anything that is not a finite number."""
     try:
-        return float(text) / 1000 if text else None
+        value = float(text) / 1000 if text else None
     except ValueError:
         return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _names(text: str | None) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ POST a Slack incoming webhook accepts), each attempt bounded by
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -99,16 +100,25 @@ class Notifier:
         self._enqueue(change)
         return change
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Send what is pending (for up to ``timeout``), then stop the sender thread."""
+    @property
+    def has_destination(self) -> bool:
+        """A hook or a webhook to send to: a process without either must not decide
+        transitions, or they would be marked notified and sent nowhere."""
+        return self.hook is not None or self.url is not None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is pending for up to ``timeout`` (no more backoff waits: a process
+        stopping has little time), then give up on the rest, saying how much."""
         sender = self._sender
         if sender is None:
             return
-        try:
+        self._stopping.set()
+        with contextlib.suppress(queue.Full):
             self._pending.put_nowait(None)
-        except queue.Full:
-            self._stopping.set()
         sender.join(timeout)
+        if sender.is_alive():  # a daemon thread: it ends with the process
+            logger.error("shutting down with health notifications unsent: one being sent "
+                         "and about %d more waiting", max(self._pending.qsize() - 1, 0))
 
     def _enqueue(self, change: HealthChange) -> None:
         if self.hook is None and self.url is None:
@@ -126,7 +136,7 @@ class Notifier:
                              MAX_PENDING)
 
     def _send_all(self) -> None:
-        while (change := self._pending.get()) is not None and not self._stopping.is_set():
+        while (change := self._pending.get()) is not None:
             with logs.bound(change.service):
                 self._call_hook(change)
                 if self.url is not None:

@@ -190,9 +190,10 @@ class Settings(BaseSettings):
     @field_validator("web_basic_auth")
     @classmethod
     def _check_logins(cls, value: str | None) -> str | None:
-        if value and not all(":" in pair and pair.split(":", 1)[0]
+        if value and not all(":" in pair and all(pair.split(":", 1))
                              for pair in value.split(",")):
-            raise ValueError("expected user:password[,user2:password2]")
+            raise ValueError("expected user:password[,user2:password2], each password "
+                             "non-empty")
         return value or None
 
     @field_validator("flower_address", "metrics_address", "web_address")

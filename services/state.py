@@ -423,8 +423,11 @@ class StateStore:
         if not configs:
             return
         with self.reaching(), self.client.pipeline(transaction=True) as pipe:
+            seconds, micros = self.client.time()
             pipe.hset(self.keys.index(), mapping={
                 name: json.dumps(dict(cfg), sort_keys=True) for name, cfg in configs.items()})
+            for name in configs:  # the first registration only: a restart does not move it
+                pipe.hsetnx(self.keys.state(name), "registered_at", f"{seconds}.{micros:06d}")
             # Beat reloads on a new version: a service new to the cluster is scheduled at once.
             pipe.incr(self.keys.schedule_version())
             pipe.execute()

@@ -123,8 +123,9 @@ _pulse: list[WorkerPulse] = []
 def _register(sender: Any, **_: Any) -> None:
     # The heartbeat says which services and queues this worker serves: its consumer's. It
     # starts first, so that it runs even when Redis is away right now.
-    queues = sorted(sender.app.amqp.queues.consume_from)
-    pulse = WorkerPulse(settings, runtime.default_store(), registry.names(), queues,
+    queues = sender.app.amqp.queues
+    pulse = WorkerPulse(settings, runtime.default_store(), registry.names(),
+                        lambda: sorted(queues.consume_from),
                         node=getattr(sender, "hostname", ""), hook=health_hook)
     pulse.start()
     _pulse.append(pulse)

@@ -304,7 +304,8 @@ class Operator:
         keys = self.store.keys
         read = {key: kind for name in names for key, kind in service_keys(
             keys, name, "state", "lease", "history", "inflight").items()}
-        read.update({keys.epoch(): "epoch", **schedule_keys(keys)})
+        read.update({keys.epoch(): "epoch", keys.processes(): "processes",
+                     keys.beat_leader(): "beat_leader", **schedule_keys(keys)})
         # The store's own guard, so a failure reads like every other: URL, password hidden.
         with naming(self.store, read), self.store.reaching(), \
                 self.store.client.pipeline(transaction=False) as pipe:
@@ -337,9 +338,14 @@ class Operator:
         starts = {token: value / 1000 for token, text in inflight.items()
                   if (value := finite_number(text)) is not None}
         schedule = status.schedule.schedule if status.schedule is not None else None
-        return assess(status.state, config=status.config, schedule=schedule, liveness=liveness,
-                      now=status.now, inflight=starts, held=status.held,
-                      hard_limit_grace=self.settings.hard_limit_grace_seconds)
+        # What the workers registered, when readable: health must not depend on the
+        # environment of whoever evaluates it (svc web, an operator's shell).
+        config = config_from_entry(status.name, self.registered.get(status.name))[0]
+        outcome = (status.last_run or {}).get("outcome")
+        return assess(status.state, config=config or status.config, schedule=schedule,
+                      liveness=liveness, now=status.now, inflight=starts, held=status.held,
+                      hard_limit_grace=self.settings.hard_limit_grace_seconds,
+                      last_outcome=outcome if isinstance(outcome, str) else None)
 
     def _status(self, name: str, now: float, raw: dict[str, str],
                 leases: list[tuple[str, float]], last: str | None) -> ServiceStatus:

@@ -34,6 +34,7 @@ LAYOUT: dict[str, tuple[str, str]] = {
     "due_signature": ("hash", "service name -> the schedule its due time was computed from"),
     "beat_leader": ("string", "the leader Beat's lease"),
     "beat_stats": ("hash", "the leader Beat's numbers"),
+    "processes": ("zset", "process id -> last heartbeat"),
 }
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
 
 from services.heartbeat import WORKER, Heartbeat, Pulse
 from services.notify import Hook, Notifier
@@ -35,8 +35,8 @@ class HealthWatcher:
 
     def maybe_watch(self) -> int | None:
         """Evaluate every service if it is this process's turn; how many transitions it won
-        (None when it was not its turn)."""
-        if not self._take_turn():
+        (None when it was not its turn, or when it has nowhere to send them)."""
+        if not self.notifier.has_destination or not self._take_turn():
             return None
         return self.watch()
 
@@ -57,9 +57,15 @@ class HealthWatcher:
 
     def _take_turn(self) -> bool:
         store = self.op.store
+        key = store.keys.health_watch()
         with store.reaching():
-            return bool(store.client.set(store.keys.health_watch(), self.who, nx=True,
-                                         px=self.turn_ms))
+            if store.client.set(key, self.who, nx=True, px=self.turn_ms):
+                return True
+            # A turn that never ends (the key written by hand, without an expiry) would
+            # silence every notification: treat it as over.
+            if store.client.pttl(key) == -1:
+                store.client.delete(key)
+        return False
 
 
 def watcher_for(settings: Settings, who: str, hook: Hook | None = None) -> HealthWatcher:
@@ -72,23 +78,28 @@ class WorkerPulse:
     """A worker's heartbeat and health watch, started once the worker consumes."""
 
     def __init__(self, settings: Settings, store: StateStore, services: list[str],
-                 queues: list[str], *, node: str, hook: Hook | None = None) -> None:
+                 queues: Callable[[], list[str]], *, node: str,
+                 hook: Hook | None = None) -> None:
         self.heartbeat = Heartbeat(store, WORKER, settings)
         self.watcher = watcher_for(settings, self.heartbeat.id, hook)
-        self.fields: dict[str, Any] = {"services": services, "queues": queues, "node": node}
+        self.services, self.queues, self.node = services, queues, node
         self.pulse = Pulse(settings.heartbeat_seconds, {
-            "worker heartbeat (Redis)": lambda: self.heartbeat.beat(**self.fields),
-            "health watch": self.watcher.maybe_watch})
+            "worker heartbeat (Redis)": self._beat, "health watch": self.watcher.maybe_watch})
+
+    def _beat(self) -> None:
+        # The queues are asked at every beat: `celery control add_consumer` changes them.
+        self.heartbeat.beat(services=self.services, queues=self.queues(), node=self.node)
 
     def start(self) -> None:
         self.pulse.start()
 
     def stop(self) -> None:
         self.pulse.stop()
-        try:
-            self.heartbeat.retire()
-        except Exception as exc:  # Redis away at shutdown: the hash expires by itself
-            logger.warning("could not retire this worker's heartbeat: %s", exc)
+        if not self.pulse.failing("worker heartbeat (Redis)"):  # else it would wait too
+            try:
+                self.heartbeat.retire()
+            except Exception as exc:  # Redis went away just now: the hash expires by itself
+                logger.warning("could not retire this worker's heartbeat: %s", exc)
         self.watcher.notifier.close()
         self.watcher.op.close()
 

@@ -168,6 +168,13 @@ class Page(tornado.web.RequestHandler):
         if self.login is not None:
             return
         if not self.site.logins:
+            # Without a login the page listens on loopback only; a request naming another
+            # host came through DNS rebinding (a page elsewhere resolved to 127.0.0.1), and
+            # would otherwise be same-origin for the CSRF check.
+            if host_name(self.request.host) not in LOOPBACK_NAMES:
+                raise Refused(403, f"Host {self.request.host!r} is not this machine's "
+                              "loopback name; open http://127.0.0.1 (or set "
+                              "SVC_WEB_BASIC_AUTH)")
             self.login = ""
             return
         user = login_of(self.request.headers.get("Authorization", ""), self.site.logins)
@@ -308,6 +315,16 @@ class Trigger(Page):
 
         found = await self.site.call(send)
         self.redirect(f"/service/{quote(found, safe='')}?did=trigger", status=303)
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def host_name(host: str) -> str:
+    """``127.0.0.1:5556`` -> ``127.0.0.1``; ``[::1]:5556`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class NotFound(Page):

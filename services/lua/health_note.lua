@@ -6,7 +6,7 @@
 -- A transition is notified once its status has held for hold_ms (a blip shorter than that is
 -- recorded, never notified). 'alert' statuses notify; 'healthy' ones (ok, paused) notify a
 -- recovery only when an alert was the last thing notified; 'quiet' ones (failing) notify
--- nothing and end nothing.
+-- only after an alert was notified (the service left it, but is not well).
 --
 -- KEYS[1]  health hash   <prefix>:_health   name -> JSON {status, since, detail, notified,
 --                                           notified_at}; times in ms, Redis's clock
@@ -39,6 +39,10 @@ if class == 'alert' and now - cur.since >= hold_ms then
   want = status
 elseif class == 'healthy' then
   want = 'ok'
+elseif class == 'quiet' and notified ~= 'ok' then
+  -- Failing after an alert (stopped, then started and failing again): said, so that the
+  -- next alert is a transition too and a recovery is not reported from the wrong state.
+  want = status
 end
 
 local sent = 0

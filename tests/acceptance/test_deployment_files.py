@@ -76,3 +76,9 @@ def test_compose_services_page_needs_a_login() -> None:
     # ":?": compose refuses to start without it; svc web refuses 0.0.0.0 without it too.
     assert web["environment"]["SVC_WEB_BASIC_AUTH"].startswith("${SVC_WEB_BASIC_AUTH:?")
     assert web["environment"]["SVC_WEB_ADDRESS"] == "0.0.0.0"
+
+
+def test_every_process_gets_the_shared_environment() -> None:
+    shared = compose()["worker"]["environment"]
+    for name in ("flower", "web", "beat", "migrate"):
+        assert compose()[name]["environment"].items() >= shared.items(), name

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import http.client
 import os
 import re
@@ -20,7 +21,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from services.settings import Settings
+from services.errors import ServiceConfigError
+from services.settings import Settings, load_settings
 from services.state import StateStore
 from tests.cluster import REPO
 from tests.operator.conftest import SVC_BIN
@@ -57,9 +59,14 @@ class Client:
     auth: str | None = AUTH
     cookies: dict[str, str] = field(default_factory=dict)
 
+    host: str | None = None
+    """The Host header to send (default: the address connected to)."""
+
     def request(self, method: str, path: str, form: dict[str, str] | None = None) -> Response:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         headers = {"Content-Type": "application/x-www-form-urlencoded"} if form else {}
+        if self.host:
+            headers["Host"] = self.host
         if self.auth:
             headers["Authorization"] = self.auth
         if self.cookies:
@@ -180,8 +187,10 @@ def test_refuses_a_non_loopback_address_without_a_login(svc, tmp_path) -> None:
 
 def test_svc_web_serves_watches_health_and_stops_on_sigterm(svc, store, tmp_path) -> None:
     log = tmp_path / "web.log"
+    # A destination for notifications: a process without one never takes the watch.
     env = {**_base_env(), **svc.env, "PYTHONPATH": str(REPO), "SVC_HEARTBEAT_SECONDS": "0.2",
-           "SVC_WEB_BASIC_AUTH": f"{USER}:{PASSWORD}"}
+           "SVC_WEB_BASIC_AUTH": f"{USER}:{PASSWORD}",
+           "SVC_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/unused"}
     with log.open("wb") as out:
         proc = subprocess.Popen([*svc_web_argv(), "--port", "0"], cwd=tmp_path, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -275,6 +284,25 @@ def test_without_a_login_changes_are_recorded_as_whoever_runs_it(web, store) -> 
     (entry,) = store.audit("ticker", 10)
     assert entry["by"] == actor()
     assert not store.read("ticker").running
+
+
+def test_without_a_login_only_loopback_names_are_served(web, store) -> None:
+    """DNS rebinding: a page on evil.example that resolves to 127.0.0.1 is same-origin with
+    itself, so it could read the CSRF token; the Host it sends gives it away."""
+    client = web(web_basic_auth=None)
+    for host in ("127.0.0.1", "localhost:5556", "[::1]:5556"):
+        assert dataclasses.replace(client, host=host).get("/").status == 200, host
+    rebound = dataclasses.replace(client, host="evil.example:5556", cookies={})
+    answer = rebound.get("/")
+    assert answer.status == 403 and "is not this machine" in answer.body
+    assert rebound.request("POST", "/service/ticker/control",
+                           {"action": "stop", "reason": "pwned"}).status == 403
+    assert store.read("ticker").running and store.audit("ticker", 10) == []
+
+
+def test_an_empty_password_is_no_login() -> None:
+    with pytest.raises(ServiceConfigError, match=r"SVC_WEB_BASIC_AUTH='ops:'.*non-empty"):
+        load_settings(web_basic_auth="ops:")
 
 
 def test_unknown_service_is_404(web, store: StateStore) -> None:

@@ -94,11 +94,25 @@ def test_overdue_counts_from_a_resume_not_from_before_the_pause() -> None:
     assert found.ok, found
 
 
-def test_a_service_that_never_ran_is_measured_from_when_a_worker_served_it() -> None:
-    fresh = Liveness(NOW, (worker(started=NOW - 20),), "1 b")
-    assert health_of(state(last_success_at=None), fresh).ok
-    old = Liveness(NOW, (worker(started=NOW - 40),), "1 b")
-    assert health_of(state(last_success_at=None), old).codes == (OVERDUE,)
+def test_a_service_that_never_ran_is_measured_from_its_first_registration() -> None:
+    assert health_of(state(last_success_at=None, registered_at=NOW - 20)).ok
+    late = health_of(state(last_success_at=None, registered_at=NOW - 40))
+    assert late.codes == (OVERDUE,)
+    assert late.problems[0].detail == "no successful run yet (10s past due)"
+
+
+def test_a_worker_restart_does_not_move_the_overdue_clock() -> None:
+    restarted = Liveness(NOW, (worker(started=NOW - 1),), "1 b")
+    assert health_of(state(last_success_at=NOW - 45), restarted).codes == (OVERDUE,)
+
+
+def test_a_long_run_in_progress_is_not_overdue_unless_the_last_run_ended_badly() -> None:
+    running = {"abc@h:1": NOW - 40}  # inside its hard limit (timeout 20 s + grace 60 s)
+    kw = {"inflight": running, "hard_limit_grace": 60.0}
+    assert health_of(state(last_success_at=NOW - 45), last_outcome="ok", **kw).ok
+    # A crash loop always has a run in progress: its last run was lost, so it is overdue.
+    crash = health_of(state(last_success_at=NOW - 45), last_outcome="lost", **kw)
+    assert crash.codes == (OVERDUE,)
 
 
 def test_overdue_after_a_cron_slot_plus_grace() -> None:
@@ -222,13 +236,57 @@ def test_a_blip_shorter_than_the_hold_is_never_notified(store: StateStore) -> No
     assert n.observe("ticker", STOPPED_HEALTH) is not None
 
 
-def test_failing_is_shown_not_notified_and_ends_nothing(store: StateStore) -> None:
+def test_failing_is_notified_only_after_an_alert(store: StateStore) -> None:
     seen: list[str] = []
     n = notifier(store, seen)
     observe: Callable[[Health], object] = lambda h: n.observe("ticker", h)  # noqa: E731
-    assert observe(FAILING_HEALTH) is None
+    assert observe(FAILING_HEALTH) is None  # on the way to stopped: not news yet
+    assert observe(Health()) is None
+    assert observe(STOPPED_HEALTH) is not None
+    # Started again and failing again: said, so that the next stop is news again.
+    failing = observe(FAILING_HEALTH)
+    assert failing is not None and failing.previous == STOPPED
+    assert observe(STOPPED_HEALTH) is not None
     assert observe(OVERDUE_HEALTH) is not None
-    assert observe(FAILING_HEALTH) is None  # not a recovery from overdue
     change = observe(Health())
     assert change is not None and change.previous == OVERDUE and change.recovered
     assert change.text() == "service ticker recovered (was overdue)"
+
+
+# -- the watch turn ------------------------------------------------------------------------
+
+
+def test_only_a_process_with_somewhere_to_send_takes_the_watch(store: StateStore,
+                                                                prefix: str) -> None:
+    from worker.watch import watcher_for
+
+    settings = load_settings(key_prefix=prefix, packages="tests.svc_celery",
+                             services="ticker")
+    mute = watcher_for(settings, "mute")
+    assert mute.maybe_watch() is None
+    assert store.client.get(store.keys.health_watch()) is None  # it did not take the turn
+    loud = watcher_for(settings, "loud", hook=lambda change: None)
+    assert loud.maybe_watch() == 0
+    assert store.client.get(store.keys.health_watch()) == "loud"
+    for watcher in (mute, loud):
+        watcher.op.close()
+
+
+def test_a_turn_that_never_expires_is_taken_back(store: StateStore, prefix: str) -> None:
+    from worker.watch import watcher_for
+
+    settings = load_settings(key_prefix=prefix, packages="tests.svc_celery",
+                             services="ticker")
+    store.client.set(store.keys.health_watch(), "left by hand")  # no expiry
+    watcher = watcher_for(settings, "w1", hook=lambda change: None)
+    assert watcher.maybe_watch() is None  # this round: someone else's
+    assert watcher.maybe_watch() == 0
+    watcher.op.close()
+
+
+def test_a_heartbeat_time_that_is_not_finite_is_unset(store: StateStore) -> None:
+    Heartbeat(store, WORKER, load_settings()).beat(services=["a"], queues=["celery"])
+    (mine,) = read_liveness(store).processes
+    store.client.hset(store.keys.process(mine.id), "started_at", "nan")
+    (found,) = read_liveness(store).processes
+    assert found.started_at is None and found.alive
