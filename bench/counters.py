@@ -5,12 +5,15 @@ process that runs tasks claims its own slot once and afterwards only ever writes
 slot, so counting a task costs one aligned 8-byte store in memory: no Redis round trip, no
 syscall, no lock. That is what lets the raw Celery task be a true no-op (its only work is
 this store) while the bench still knows exactly how many tasks have completed; the no-op
-service's ``update()`` makes the very same store, so both sides pay the same.
+service's ``update()`` and the default app's no-op task (``bench.default_app``) make the very
+same store, so every side pays the same.
 
-Slot layout (64 bytes): pid, raw tasks done, wrapped runs done, then nanoseconds spent in
-``ProcessRuntime.run``, ``StateStore.begin`` and ``StateStore.finish``, and the CPU
-nanoseconds of the calling thread in ``ProcessRuntime.run`` and in the two store calls (all
-five written only when the bench asks for a breakdown, see ``bench.raw_tasks``).
+Slot layout (128 bytes, so two processes' slots never share a cache line): pid, raw tasks
+done, wrapped runs done, then nanoseconds spent in ``ProcessRuntime.run``,
+``StateStore.begin`` and ``StateStore.finish``, and the CPU nanoseconds of the calling thread
+in ``ProcessRuntime.run`` and in the two store calls (all five written only when the bench
+asks for a breakdown, see ``bench.raw_tasks``), then the default app's tasks done; the rest
+is unused.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ from pathlib import Path
 
 ENV_VAR = "BENCH_COUNTERS"
 SLOTS = 64
-SLOT = struct.Struct("<8Q")
+SLOT = struct.Struct("<16Q")
 RAW, WRAPPED, RUN_NS, BEGIN_NS, FINISH_NS, RUN_CPU_NS, SCRIPTS_CPU_NS = 1, 2, 3, 4, 5, 6, 7
-FIELDS = 8
+DEFAULT = 8
+FIELDS = 9
+"""Fields in use (index 0, the pid, included)."""
 RAW_TASK = "bench.raw_noop"
 """The raw no-op task's name (defined in ``bench.raw_tasks``)."""
+DEFAULT_TASK = "bench.default_app.noop"
+"""The default app's no-op task: the name Celery derives for ``bench.default_app.noop``."""
 
 
 def create(path: Path) -> None:
@@ -80,16 +87,17 @@ class Counters:
                 total[field] += row[field]
         return total
 
-    def totals(self) -> tuple[int, int]:
-        """Raw tasks and wrapped runs completed, over every process."""
-        raw = wrapped = 0
+    def totals(self) -> tuple[int, int, int]:
+        """Raw tasks, wrapped runs and default-app tasks completed, over every process."""
+        raw = wrapped = default = 0
         for index in range(SLOTS):
-            pid, r, w, *_ = SLOT.unpack_from(self._map, index * SLOT.size)
-            if not pid:
+            row = SLOT.unpack_from(self._map, index * SLOT.size)
+            if not row[0]:
                 break
-            raw += r
-            wrapped += w
-        return raw, wrapped
+            raw += row[RAW]
+            wrapped += row[WRAPPED]
+            default += row[DEFAULT]
+        return raw, wrapped, default
 
     def close(self) -> None:
         self._map.close()

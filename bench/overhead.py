@@ -1,5 +1,7 @@
 """What the task wrapper costs: a no-op service run through ``svc.<name>`` against a raw
-Celery no-op task, in the same worker, on the same broker, in the same run.
+Celery no-op task, in the same worker, on the same broker, in the same run; and what the
+project's Celery settings cost: that raw task against a no-op task of a plain Celery app on
+its defaults, in a worker of its own, on the same broker, in the same rounds.
 
     .venv/bin/python bench/overhead.py [--rounds 5] [--tasks 2000] [--pools prefork,solo]
 
@@ -8,21 +10,33 @@ For each pool (prefork with concurrency 2, then solo) the bench starts one real
 (``SVC_KEY_PREFIX``, ``SVC_BROKER_PREFIX``), with only the no-op service of
 ``bench/svc_bench/SVC_Noop.py`` registered (``SVC_PACKAGES``, ``SVC_SERVICES``) and the raw
 task of ``bench/raw_tasks.py`` added by ``-I bench.raw_tasks``. The worker's code is the
-production code, unchanged; Beat is not started (the service's interval is an hour).
+production code, unchanged; Beat is not started (the service's interval is an hour). Next to
+it runs a second worker, ``celery -A bench.default_app worker`` with the same pool and
+concurrency: a plain ``Celery("default")`` app with nothing set but the broker (the same
+URL, the bench's broker prefix as kombu's ``global_keyprefix``) and one no-op task with
+``ignore_result=True`` (``bench/default_app.py``). Both workers get the same command-line
+flags (``-n``, ``-l``, ``--without-gossip``, ``--without-mingle``); neither is given ``-E``.
 
-Throughput. Rounds alternate raw/wrapped and wrapped/raw (ABBA, so drift of a shared machine
-hits both sides alike). For each round the bench stops the worker consuming the queue
-(``cancel_consumer``), publishes all N messages (so that publishing never competes with the
-worker for CPU), lets the worker consume again (``add_consumer``) and times from the first
-completion it sees to the last: tasks/s = completions in that window / its length. Wrapped
-messages carry ``kwargs={"kind": "trigger"}``: a trigger skips the duplicate-tick window, so
-every message really runs the guard, ``update()`` and the finish script; the service allows 4
-concurrent runs so the two prefork processes never refuse each other by the lease.
-Completions are counted without a result backend and without a Redis round trip: each worker
-process bumps its own slot of a shared memory-mapped file (``bench/counters.py``), once per
-raw task and once per ``update()``, so both sides pay the same few hundred nanoseconds. The
-service's ``runs`` field in Redis is checked against that count after every wrapped round
-(a refused guard would show up as a shortfall).
+Throughput. There are three arms: raw (the raw task, project app), wrapped (the service,
+project app) and default (the default app's task). Each round runs one batch of each, in an
+order that changes from round to round: the three rotations of raw, wrapped, default, then
+the three rotations of the reverse order, so that over six rounds every arm takes every
+place twice and comes right before each other arm as often as right after it (what ABBA
+does for two: drift of a shared machine hits every arm alike). Both workers share the queue
+``celery`` and neither consumes it between batches (``cancel_consumer``, confirmed with
+``active_queues``).
+For each batch the bench publishes all N messages (so that publishing never competes with
+the worker for CPU), lets the arm's worker consume (``add_consumer``) and times from the
+first completion it sees to the last: tasks/s = completions in that window / its length;
+then that worker stops consuming again. With the default 7 rounds, the seventh repeats the
+first order. Wrapped messages carry ``kwargs={"kind": "trigger"}``: a trigger skips the
+duplicate-tick window, so every message really runs the guard, ``update()`` and the finish
+script; the service allows 4 concurrent runs so the two prefork processes never refuse each
+other by the lease. Completions are counted without a result backend and without a Redis
+round trip: each worker process bumps its own slot of a shared memory-mapped file
+(``bench/counters.py``), once per raw or default task and once per ``update()``, so every
+arm pays the same few hundred nanoseconds. The service's ``runs`` field in Redis is checked
+against that count after every round (a refused guard would show up as a shortfall).
 
 Round trips. ``INFO commandstats`` counts every client of the server, and other processes
 (tests, other workers) use the same Redis, so its deltas are not exact. Instead, for a
@@ -32,16 +46,22 @@ one of the service's keys (``<prefix>:noop``, ``:lease``, ``:history``, ``:audit
 not come from the bench's own connection. Those are exactly the wrapper's round trips,
 whatever else the server is doing. Divided by the runs that batch made (counted as above),
 that is round trips per run; the same pass reports the request bytes per run (RESP framing
-included). MONITOR slows the server, so it never runs during the timed rounds.
+included). The figure is printed with as many decimals as one command in that many runs
+needs (1,001 commands in 500 runs is 2.002, not 2.00), next to the counts themselves.
+MONITOR slows the server, so it never runs during the timed rounds.
 
-The summary gives, per pool, tasks/s of each kind over all rounds and their ratio, and the
-ratio per round (each round pairs a raw and a wrapped batch run back to back). The verdict
-uses the median of the per-round ratios: on a shared machine a burst of foreign load that
-hits one batch skews that round, and the median of the pairs shrugs it off where the overall
-ratio does not; both are printed, with the load average before and after.
+The summary gives, per pool, tasks/s of each arm over all rounds and three ratios: wrapped /
+raw (the wrapper), raw / default (the project's Celery settings) and wrapped / default (both),
+each over all rounds and per round (each round runs the three batches back to back). The
+verdicts use the median of the per-round ratios: on a shared machine a burst of foreign load
+that hits one batch skews that round, and the median of the rounds shrugs it off where the
+overall ratio does not; both are printed, with the load average before and after each pool
+and the whole run.
 
-Targets: prefork c=2 keeps >= 0.90 of raw throughput, solo >= 0.75, 2 round trips
-per run. ``--breakdown`` also times, inside the worker, ``ProcessRuntime.run`` and the guard
+Targets: prefork c=2 keeps >= 0.90 of raw throughput, solo >= 0.75; the raw task on the
+project's app keeps >= 0.97 of the default app's (any pool); 2 round trips per run. Wrapped /
+default has no target of its own (it is the product of the other two) and is printed for
+information. ``--breakdown`` also times, inside the worker, ``ProcessRuntime.run`` and the guard
 and finish calls (see ``bench/raw_tasks.py``), to split the wrapper's cost per run; it adds
 a few microseconds per run, so the reference figures are taken without it. ``--profile FILE``
 runs the solo worker under cProfile and writes its stats to FILE (for ``python -m pstats``);
@@ -55,6 +75,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -84,7 +105,20 @@ SERVICE = "noop"
 WRAPPED_TASK = f"svc.{SERVICE}"
 QUEUE = "celery"
 TARGETS = {"prefork": 0.90, "solo": 0.75}
-TARGET_ROUND_TRIPS = 2.0
+TARGET_RAW_DEFAULT = 0.97
+TARGET_ROUND_TRIPS = 2
+ARMS = ("raw", "wrapped", "default")
+# Rotations of the three arms, then of their reverse: over six rounds every arm holds every
+# place twice and comes right before and right after each other arm equally often.
+ORDERS = (
+    ("raw", "wrapped", "default"),
+    ("wrapped", "default", "raw"),
+    ("default", "raw", "wrapped"),
+    ("default", "wrapped", "raw"),
+    ("wrapped", "raw", "default"),
+    ("raw", "default", "wrapped"),
+)
+TASKS = {"raw": counters.RAW_TASK, "wrapped": WRAPPED_TASK, "default": counters.DEFAULT_TASK}
 MONITOR_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 
@@ -107,32 +141,60 @@ class Round:
 class PoolResult:
     pool: str
     concurrency: int
-    rounds: list[tuple[Round, Round]] = field(default_factory=list)
+    rounds: list[dict[str, Round]] = field(default_factory=list)
     round_trips: float = float("nan")
+    counted_commands: int = 0
     commands: dict[str, float] = field(default_factory=dict)
     request_bytes: float = float("nan")
     counted_runs: int = 0
     breakdown: list[int] = field(default_factory=lambda: [0] * counters.FIELDS)
+    load_before: float = float("nan")
+    load_after: float = float("nan")
 
     def total(self, kind: str) -> float:
-        picked = [r for pair in self.rounds for r in pair if r.kind == kind]
+        picked = [arms[kind] for arms in self.rounds]
         return sum(r.tasks for r in picked) / sum(r.seconds for r in picked)
+
+    def overall(self, top: str, bottom: str) -> float:
+        """``top`` tasks/s over ``bottom`` tasks/s, each over all rounds."""
+        return self.total(top) / self.total(bottom)
+
+    def per_round(self, top: str, bottom: str) -> list[float]:
+        return [arms[top].rate / arms[bottom].rate for arms in self.rounds]
+
+    def median(self, top: str, bottom: str) -> float:
+        return statistics.median(self.per_round(top, bottom))
 
     @property
     def ratio(self) -> float:
-        return self.total("wrapped") / self.total("raw")
+        return self.overall("wrapped", "raw")
 
     @property
     def ratios(self) -> list[float]:
-        return [wrapped.rate / raw.rate for raw, wrapped in self.rounds]
+        return self.per_round("wrapped", "raw")
 
     @property
     def median_ratio(self) -> float:
-        return statistics.median(self.ratios)
+        return self.median("wrapped", "raw")
 
     @property
     def label(self) -> str:
         return f"{self.pool} c={self.concurrency}" if self.pool == "prefork" else self.pool
+
+
+@dataclass
+class Worker:
+    """One ``celery worker`` process the bench started, in a process group of its own."""
+
+    name: str
+    hostname: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self) -> str:
+        if not self.log.exists():
+            return ""
+        return self.log.read_text(errors="replace")[-4000:]
 
 
 class Bench:
@@ -159,30 +221,68 @@ class Bench:
             broker_transport_options={"global_keyprefix": self.broker_prefix},
             broker_connection_retry_on_startup=True,
         )
-        self.worker: subprocess.Popen[bytes] | None = None
-        self.worker_log: Path | None = None
-        self.hostname = ""
+        self.workers: dict[str, Worker] = {}
 
-    # -- the worker ------------------------------------------------------------------------
+    # -- the workers -----------------------------------------------------------------------
 
-    def start_worker(self, pool: str, concurrency: int, profile: str | None = None) -> None:
-        self.hostname = f"{self.prefix}-{pool}@{socket.gethostname()}"
-        self.worker_log = self.workdir / f"worker-{pool}.log"
+    def start_workers(self, pool: str, concurrency: int, profile: str | None = None) -> None:
+        """The project's worker (raw and wrapped) and the default app's, both not consuming."""
         env = dict(os.environ)
         env.update(
             {
                 "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
                 "PYTHONUNBUFFERED": "1",
+                counters.ENV_VAR: str(self.counter_file),
+            }
+        )
+        project_env = dict(env)
+        project_env.update(
+            {
                 "REDIS_URL": self.args.redis_url,
                 "SVC_KEY_PREFIX": self.prefix,
                 "SVC_BROKER_PREFIX": self.broker_prefix,
                 "SVC_PACKAGES": "bench.svc_bench",
                 "SVC_SERVICES": SERVICE,
                 "DATABASE_URL": f"sqlite:///{self.workdir / 'services.db'}",
-                counters.ENV_VAR: str(self.counter_file),
                 "BENCH_BREAKDOWN": "1" if self.args.breakdown else "0",
             }
         )
+        default_env = dict(env)
+        default_env.update(
+            {"BENCH_BROKER_URL": self.args.redis_url, "BENCH_BROKER_PREFIX": self.broker_prefix}
+        )
+        self.workers["project"] = self._spawn(
+            "project", pool, concurrency, "worker", ["-I", "bench.raw_tasks"], project_env, profile
+        )
+        self.workers["default"] = self._spawn(
+            "default", pool, concurrency, "bench.default_app", [], default_env, None
+        )
+        deadline = time.monotonic() + 60
+        waiting = dict(self.workers)
+        while waiting:
+            for name, worker in list(waiting.items()):
+                if worker.proc.poll() is not None:
+                    raise RuntimeError(f"{name} worker exited at start:\n{worker.tail()}")
+                if self.app.control.ping(destination=[worker.hostname], timeout=0.5):
+                    del waiting[name]
+            if waiting and time.monotonic() > deadline:
+                name, worker = next(iter(waiting.items()))
+                raise RuntimeError(f"{name} worker not ready after 60s:\n{worker.tail()}")
+        for worker in self.workers.values():
+            self.stop_consuming(worker)
+
+    def _spawn(
+        self,
+        name: str,
+        pool: str,
+        concurrency: int,
+        app: str,
+        extra: list[str],
+        env: dict[str, str],
+        profile: str | None,
+    ) -> Worker:
+        hostname = f"{self.prefix}-{name}-{pool}@{socket.gethostname()}"
+        log_path = self.workdir / f"worker-{name}-{pool}.log"
         runner = [sys.executable]
         if profile:
             runner += ["-m", "cProfile", "-o", str(Path(profile).resolve())]
@@ -191,23 +291,22 @@ class Bench:
             "-m",
             "celery",
             "-A",
-            "worker",
+            app,
             "worker",
             "-P",
             pool,
             "-c",
             str(concurrency),
             "-n",
-            self.hostname,
+            hostname,
             "-l",
             self.args.loglevel,
-            "-I",
-            "bench.raw_tasks",
+            *extra,
             "--without-gossip",
             "--without-mingle",
         ]
-        with self.worker_log.open("wb") as out:
-            self.worker = subprocess.Popen(
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(
                 command,
                 cwd=self.workdir,
                 env=env,
@@ -215,74 +314,84 @@ class Bench:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.worker.poll() is not None:
-                raise RuntimeError(f"worker exited at start:\n{self.tail()}")
-            if self.app.control.ping(destination=[self.hostname], timeout=0.5):
-                return
-        raise RuntimeError(f"worker not ready after 60s:\n{self.tail()}")
+        return Worker(name, hostname, proc, log_path)
 
-    def stop_worker(self) -> None:
-        proc, self.worker = self.worker, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+    def stop_workers(self) -> None:
+        workers, self.workers = self.workers, {}
+        for worker in workers.values():
+            if worker.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.proc.pid, signal.SIGTERM)
+        for worker in workers.values():
             try:
-                proc.wait(timeout=30)
+                worker.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        # Pool children left behind by a parent that died first.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+                    os.killpg(worker.proc.pid, signal.SIGKILL)
+                worker.proc.wait(timeout=10)
+            # Pool children left behind by a parent that died first.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.proc.pid, signal.SIGKILL)
 
-    def tail(self) -> str:
-        if self.worker_log is None or not self.worker_log.exists():
-            return ""
-        return self.worker_log.read_text(errors="replace")[-4000:]
+    def worker_for(self, kind: str) -> Worker:
+        return self.workers["default" if kind == "default" else "project"]
 
-    def control(self, command: str) -> None:
+    def control(self, worker: Worker, command: str) -> None:
         call = getattr(self.app.control, command)
-        replies = call(QUEUE, destination=[self.hostname], reply=True, timeout=5)
+        replies = call(QUEUE, destination=[worker.hostname], reply=True, timeout=5)
         if not replies:
-            raise RuntimeError(f"worker did not answer {command}:\n{self.tail()}")
+            raise RuntimeError(f"{worker.name} worker did not answer {command}:\n{worker.tail()}")
+
+    def consuming(self, worker: Worker) -> bool:
+        inspect = self.app.control.inspect(destination=[worker.hostname], timeout=5)
+        replies = inspect.active_queues()
+        if not replies or worker.hostname not in replies:
+            raise RuntimeError(f"{worker.name} worker did not answer active_queues")
+        return any(q.get("name") == QUEUE for q in replies[worker.hostname] or [])
+
+    def stop_consuming(self, worker: Worker) -> None:
+        """``cancel_consumer``, and wait until the worker says it did.
+
+        The worker answers ``cancel_consumer`` before it acts on it (``call_soon``); the two
+        workers share the queue, so a batch is published only once the other worker is
+        known to be off it (one of them would refuse the other's task as unregistered)."""
+        self.control(worker, "cancel_consumer")
+        deadline = time.monotonic() + 10
+        while self.consuming(worker):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{worker.name} worker still consumes {QUEUE}")
+            time.sleep(0.01)
 
     # -- measuring -------------------------------------------------------------------------
 
     def done(self, kind: str) -> int:
-        raw, wrapped = self.counters.totals()
-        return raw if kind == "raw" else wrapped
+        return self.counters.totals()[ARMS.index(kind)]
 
     def publish(self, kind: str, n: int) -> None:
-        name, kwargs = (
-            (counters.RAW_TASK, {}) if kind == "raw" else (WRAPPED_TASK, {"kind": "trigger"})
-        )
+        kwargs = {"kind": "trigger"} if kind == "wrapped" else {}
         with self.app.producer_or_acquire() as producer:
             for _ in range(n):
-                self.app.send_task(name, kwargs=kwargs, producer=producer)
+                self.app.send_task(TASKS[kind], kwargs=kwargs, producer=producer)
 
     def wait_done(self, kind: str, target: int, seconds: float) -> None:
+        worker = self.worker_for(kind)
         deadline = time.monotonic() + seconds
         while self.done(kind) < target:
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"{kind}: {self.done(kind)} of {target} done after "
-                    f"{seconds:.0f}s:\n{self.tail()}"
+                    f"{seconds:.0f}s:\n{worker.tail()}"
                 )
-            if self.worker is None or self.worker.poll() is not None:
-                raise RuntimeError(f"worker died:\n{self.tail()}")
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"{worker.name} worker died:\n{worker.tail()}")
             time.sleep(0.001)
 
     def timed_round(self, kind: str, n: int) -> Round:
-        """Queue n messages while the worker does not consume, then time the drain."""
-        self.control("cancel_consumer")
+        """Queue n messages while no worker consumes, then time the drain by kind's worker."""
+        worker = self.worker_for(kind)
         start = self.done(kind)
         self.publish(kind, n)
-        self.control("add_consumer")
+        self.control(worker, "add_consumer")
         target = start + n
         deadline = time.monotonic() + max(60.0, n / 50)
         first_t, first_done = None, start
@@ -292,10 +401,11 @@ class Bench:
                 first_t, first_done = now, done
             if done >= target:
                 break
-            if time.monotonic() > deadline or self.worker is None or self.worker.poll() is not None:
-                raise RuntimeError(f"{kind}: {done - start} of {n} done:\n{self.tail()}")
+            if time.monotonic() > deadline or worker.proc.poll() is not None:
+                raise RuntimeError(f"{kind}: {done - start} of {n} done:\n{worker.tail()}")
             time.sleep(0.001)
         assert first_t is not None
+        self.stop_consuming(worker)
         return Round(kind, done - first_done, now - first_t)
 
     def runs_in_redis(self) -> int:
@@ -354,6 +464,7 @@ class Bench:
         time.sleep(0.2)  # the MONITOR command is in effect once its reply has been read
         runs_before, done_before = self.runs_in_redis(), self.done("wrapped")
         self.publish("wrapped", n)
+        self.control(self.worker_for("wrapped"), "add_consumer")
         self.wait_done("wrapped", done_before + n, 60)
         runs = self.done("wrapped") - done_before
         self.redis.echo(marker)
@@ -365,7 +476,8 @@ class Bench:
         if self.runs_in_redis() - runs_before != runs:
             raise RuntimeError("runs in Redis disagree with completed update() calls")
         result.counted_runs = runs
-        result.round_trips = sum(per_command.values()) / runs
+        result.counted_commands = sum(per_command.values())
+        result.round_trips = result.counted_commands / runs
         result.commands = {name: count / runs for name, count in per_command.items()}
         result.request_bytes = sum(sizes) / runs
 
@@ -377,13 +489,17 @@ class Bench:
             + (" (under cProfile)" if profile else "")
         )
         result = PoolResult(pool, concurrency if pool == "prefork" else 1)
-        self.start_worker(pool, concurrency, profile)
+        result.load_before = os.getloadavg()[0]
+        self.start_workers(pool, concurrency, profile)
         try:
-            for kind in ("raw", "wrapped"):  # connections, scripts, services, caches
+            for kind in ARMS:  # connections, scripts, services, caches
                 self.timed_round(kind, self.args.warmup)
-            log(f"{'round':>5} {'raw/s':>9} {'wrapped/s':>10} {'ratio':>6}")
+            log(
+                f"{'round':>5} {'raw/s':>9} {'wrapped/s':>10} {'ratio':>6} {'default/s':>10} "
+                f"{'raw/def':>8} {'wrap/def':>8}  order"
+            )
             for index in range(self.args.rounds):
-                order = ("raw", "wrapped") if index % 2 == 0 else ("wrapped", "raw")
+                order = ORDERS[index % len(ORDERS)]
                 runs_before, sums_before = self.runs_in_redis(), self.counters.sums()
                 measured = {kind: self.timed_round(kind, self.args.tasks) for kind in order}
                 sums_after = self.counters.sums()
@@ -392,21 +508,28 @@ class Bench:
                 refused = self.args.tasks - (self.runs_in_redis() - runs_before)
                 if refused:
                     raise RuntimeError(f"{refused} wrapped messages did not run update()")
-                raw, wrapped = measured["raw"], measured["wrapped"]
-                result.rounds.append((raw, wrapped))
+                raw, wrapped, default = (measured[kind] for kind in ARMS)
+                result.rounds.append(measured)
                 log(
                     f"{index + 1:>5} {raw.rate:>9.0f} {wrapped.rate:>10.0f} "
-                    f"{wrapped.rate / raw.rate:>6.3f}"
+                    f"{wrapped.rate / raw.rate:>6.3f} {default.rate:>10.0f} "
+                    f"{raw.rate / default.rate:>8.3f} {wrapped.rate / default.rate:>8.3f}  "
+                    + ",".join(order)
                 )
             self.count_round_trips(result, self.args.count_runs)
         finally:
-            self.stop_worker()
+            self.stop_workers()
+        result.load_after = os.getloadavg()[0]
+        log(
+            f"load average (1 min) before this pool {result.load_before:.2f}, "
+            f"after {result.load_after:.2f}"
+        )
         return result
 
     # -- cleaning up -------------------------------------------------------------------------
 
     def cleanup(self) -> None:
-        self.stop_worker()
+        self.stop_workers()
         with contextlib.suppress(redis.RedisError):
             # Both prefixes start with self.prefix: state keys and the broker's own keys.
             keys = list(self.redis.scan_iter(f"{self.prefix}*", count=1000))
@@ -425,7 +548,7 @@ def verdict(ok: bool) -> str:
 
 def report(results: list[PoolResult], args: argparse.Namespace) -> bool:
     log(
-        f"\n== summary ({args.rounds} rounds x {args.tasks} tasks of each kind per pool; "
+        f"\n== summary ({args.rounds} rounds x {args.tasks} tasks of each arm per pool; "
         "tasks/s over all rounds)"
     )
     ok = True
@@ -440,6 +563,22 @@ def report(results: list[PoolResult], args: argparse.Namespace) -> bool:
             f"target >= {target:.2f}: {verdict(r.median_ratio >= target)}"
         )
         ok &= r.median_ratio >= target
+        default = r.total("default")
+        settings_us = (1 / raw - 1 / default) * 1e6 * r.concurrency
+        median_rd = r.median("raw", "default")
+        log(
+            f"{'':>12}  raw/default: default app {default:7.0f}/s  ratio "
+            f"{r.overall('raw', 'default'):.3f} overall, per round {span(r, 'raw', 'default')}, "
+            f"median {median_rd:.3f}  ({settings_us:+.0f} us per task and process)  "
+            f"target >= {TARGET_RAW_DEFAULT:.2f}: {verdict(median_rd >= TARGET_RAW_DEFAULT)}"
+        )
+        ok &= median_rd >= TARGET_RAW_DEFAULT
+        log(
+            f"{'':>12}  wrapped/default: ratio {r.overall('wrapped', 'default'):.3f} overall, "
+            f"per round {span(r, 'wrapped', 'default')}, median "
+            f"{r.median('wrapped', 'default'):.3f}  (informational, no target)  load average "
+            f"(1 min) {r.load_before:.2f} before this pool, {r.load_after:.2f} after"
+        )
     if args.breakdown:
         log("where a wrapped task's extra time goes (us per wrapped run, in its process):")
         for r in results:
@@ -467,15 +606,26 @@ def report(results: list[PoolResult], args: argparse.Namespace) -> bool:
                 f"{begin + finish - scripts_cpu:.0f} of the scripts' {begin + finish:.0f}"
             )
     for r in results:
-        commands = ", ".join(f"{name} {count:.2f}" for name, count in sorted(r.commands.items()))
-        good = abs(r.round_trips - TARGET_ROUND_TRIPS) < 1e-9
+        # Enough decimals that one command more or less in these runs shows: 1,001 commands
+        # in 500 runs print as 2.002, never as a "2.00" next to FAIL.
+        digits = max(2, math.ceil(math.log10(max(r.counted_runs, 1))))
+        commands = ", ".join(
+            f"{name} {count:.{digits}f}" for name, count in sorted(r.commands.items())
+        )
+        good = r.counted_commands == TARGET_ROUND_TRIPS * r.counted_runs
         log(
-            f"{r.label:>12}: {r.round_trips:.2f} Redis round trips per wrapped run "
-            f"({commands}; {r.request_bytes:.0f} request bytes per run; {r.counted_runs} runs "
-            f"under MONITOR)  target {TARGET_ROUND_TRIPS:.0f}: {verdict(good)}"
+            f"{r.label:>12}: {r.round_trips:.{digits}f} Redis round trips per wrapped run "
+            f"({r.counted_commands} commands in {r.counted_runs} runs under MONITOR: "
+            f"{commands}; {r.request_bytes:.0f} request bytes per run)  "
+            f"target {TARGET_ROUND_TRIPS}: {verdict(good)}"
         )
         ok &= good
     return ok
+
+
+def span(r: PoolResult, top: str, bottom: str) -> str:
+    ratios = r.per_round(top, bottom)
+    return f"{min(ratios):.3f}-{max(ratios):.3f}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -488,8 +638,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pools", default="prefork,solo", help="comma-separated")
     parser.add_argument("--concurrency", type=int, default=2, help="prefork processes")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--tasks", type=int, default=2000, help="tasks of each kind per round")
-    parser.add_argument("--warmup", type=int, default=300, help="tasks of each kind first")
+    parser.add_argument("--tasks", type=int, default=2000, help="tasks of each arm per round")
+    parser.add_argument("--warmup", type=int, default=300, help="tasks of each arm first")
     parser.add_argument(
         "--count-runs",
         type=int,
