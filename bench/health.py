@@ -88,9 +88,10 @@ from services.notify import Notifier  # noqa: E402
 from services.settings import Settings, load_settings  # noqa: E402
 from services.state import StateStore  # noqa: E402
 from tests.servers import OwnRedis  # noqa: E402
-from worker.ops import Operator, ServiceStatus, StoreLoss  # noqa: E402
+from worker.ops import Operator  # noqa: E402
 from worker.ops_keys import naming, read_index, service_keys  # noqa: E402
 from worker.ops_schedule import queue_reads, schedule_infos, schedule_keys  # noqa: E402
+from worker.ops_status import ServiceStatus, StoreLoss  # noqa: E402
 from worker.watch import HealthWatcher  # noqa: E402
 
 SYSTEM_REDIS = "/usr/bin/redis-server"

@@ -18,7 +18,8 @@ from rich.table import Table
 from services.heartbeat import KINDS, Liveness, ProcessInfo
 from worker import cli_render as render
 from worker.cli_edge import EXIT_FAILED, edge, fail
-from worker.ops import InvalidArgumentError, Operator, ServiceStatus
+from worker.ops import InvalidArgumentError, Operator
+from worker.ops_status import ServiceStatus
 
 NamesArg = Annotated[list[str] | None, typer.Argument(
     help="Service names; all when left out.", show_default=False)]

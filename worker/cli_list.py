@@ -26,7 +26,7 @@ from worker.cli_render import (
     print_registry_errors,
     when,
 )
-from worker.ops import ServiceStatus
+from worker.ops_status import ServiceStatus
 
 
 @dataclass(frozen=True)

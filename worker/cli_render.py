@@ -24,8 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 from services.health import NO_BEAT
-from worker.ops import Lease, ServiceStatus
 from worker.ops_schedule import BeatView, ScheduleInfo
+from worker.ops_status import Lease, ServiceStatus
 
 CONDITION_STYLE = {"running": "green", "paused": "yellow", "stopped": "red",
                    "backoff": "magenta", "corrupt": "bold red", "held": "bold red"}

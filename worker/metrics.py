@@ -55,7 +55,8 @@ from worker.ops_schedule import BeatView, read_beat
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from worker.ops import Operator, ServiceStatus
+    from worker.ops import Operator
+    from worker.ops_status import ServiceStatus
 
 logger = logging.getLogger("svc.metrics")
 

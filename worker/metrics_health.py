@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from services.heartbeat import BEAT, WORKER, Liveness
 
 if TYPE_CHECKING:
-    from worker.ops import ServiceStatus
+    from worker.ops_status import ServiceStatus
 
 PREFIX = "svc"  # as worker.metrics.PREFIX (which imports this module)
 

@@ -16,8 +16,9 @@ from typing import Any
 
 from services.heartbeat import BEAT, WORKER, Liveness, ProcessInfo
 from worker import cli_render as render
-from worker.ops import Operator, ServiceStatus
+from worker.ops import Operator
 from worker.ops_schedule import BeatView, read_beat
+from worker.ops_status import ServiceStatus
 
 visible = render.visible
 # How each action is explained next to its button (the same words as ``svc --help``).

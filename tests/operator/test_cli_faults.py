@@ -16,7 +16,8 @@ from services.keys import Keys
 from services.state import ServiceState
 from tests.operator.conftest import Svc
 from worker import cli_render as render
-from worker.ops import MAX_REASON_LENGTH, Lease, ServiceStatus
+from worker.ops import MAX_REASON_LENGTH
+from worker.ops_status import Lease, ServiceStatus
 
 TERMINAL_CONTROL = ("\x1b", "\r", "\x07", "\x9b", "\u202e")
 HOSTILE = "[bold red]boom[/bold red] \x1b[2J\x1b]0;owned\x07 back\rover \u202eevil \x9b31m"
