@@ -48,9 +48,11 @@ app = Celery("svc", broker=settings.effective_broker_url, set_as_current=True,
 app.conf.update(
     **message_settings(settings),
     task_ignore_result=True,
-    # Flower sees every run without extra flags.
-    worker_send_task_events=True,
-    task_send_sent_event=True,
+    # Task events are opt-in, as in plain Celery: on, they cost a worker about a quarter of
+    # its throughput (bench/overhead.py, raw/default). Flower turns them on in the workers it
+    # watches (its enable_events, every 5 s); `celery worker -E` keeps them on.
+    worker_send_task_events=False,
+    task_send_sent_event=False,
     # Ack on receipt: a worker killed mid-run loses that tick instead of having it replayed
     # later; the next tick (or the lease expiring) recovers, and the guard keeps runs unique.
     task_acks_late=False,

@@ -45,6 +45,15 @@ def http_status(url: str, auth: str | None = None) -> int:
         return 0
 
 
+def http_body(url: str, auth: str) -> str:
+    request = urllib.request.Request(url, headers={"Authorization": auth})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return ""
+
+
 def chrome(profile: Path, log: Path):  # -> selenium WebDriver
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -83,6 +92,10 @@ def test_flower_shows_each_service_as_its_own_task(
         cluster.beat()
         store = cluster.store()
         wait_for(lambda: store.read("ticker").runs >= 2, 30, "ticker to run")
+        # Task events are opt-in: Flower turns them on in the workers it sees (every 5 s), so
+        # its first tasks come a few seconds after the worker's first runs.
+        wait_for(lambda: "svc.ticker" in http_body(f"{base}/api/tasks", auth), 30,
+                 "Flower to receive svc.ticker's task events")
 
         driver = chrome(tmp_path / "chrome-profile", tmp_path / "chromedriver.log")
         try:
