@@ -175,6 +175,7 @@ class Notifier:
                 reply.read(1024)
             return None
         except urllib.error.HTTPError as exc:
+            exc.close()  # it holds the response's socket
             return f"HTTP {exc.code}"
         except (OSError, ValueError) as exc:  # refused, timed out, unreachable, bad reply
             return f"{type(exc).__name__}: {exc}"

@@ -115,6 +115,7 @@ def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/hook", server.received  # type: ignore[attr-defined]
     server.shutdown()
+    server.server_close()
 
 
 def test_one_webhook_call_per_transition_with_two_workers(

@@ -60,6 +60,7 @@ def endpoint(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
     yield server
     server.release.set()
     server.shutdown()
+    server.server_close()
 
 
 def notifier(store: StateStore, url: str, **settings: Any) -> Notifier:
