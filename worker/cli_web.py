@@ -9,20 +9,17 @@ coming when every worker is gone.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 from typing import Annotated
 
 import typer
 
-from services.heartbeat import Pulse
 from services.settings import redact_url
 from worker import cli_render as render
 from worker.cli_edge import EXIT_USAGE, edge, fail
 from worker.flower_guard import is_loopback
 from worker.ops import Operator
-from worker.watch import watcher_for
+from worker.watch import BackgroundWatch
 
 
 @edge
@@ -46,15 +43,11 @@ def web(
         raise fail(f"refusing to serve the services page on {address}:{port} without a "
                    "login: set SVC_WEB_BASIC_AUTH=user:password, or --address 127.0.0.1",
                    EXIT_USAGE)
-    watcher = watcher_for(settings, f"web:{socket.gethostname()}:{os.getpid()}")
-    pulse = Pulse(settings.heartbeat_seconds, {"health watch": watcher.maybe_watch})
-
     def ready(host: str, bound: int) -> None:
         shown = f"[{host}]" if ":" in host else host
         render.console().print(f"serving the services page on http://{shown}:{bound}/ "
                                f"(Redis {redact_url(settings.redis_url)}); Ctrl-C stops",
                                markup=False, soft_wrap=True)
-        pulse.start()
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -63,9 +56,5 @@ def web(
             loop.add_signal_handler(sig, stop.set)
         await serve(Site(op, settings.web_logins), address, port, ready, stop)
 
-    try:
+    with BackgroundWatch(settings, "web"):
         asyncio.run(run())
-    finally:
-        pulse.stop()
-        watcher.notifier.close()
-        watcher.op.close()
