@@ -7,20 +7,18 @@ or on Celery workers (see ``worker/``), on the same Redis state, never twice at 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from services import SYSTEM_ID, logs, shutdown
+from services import SYSTEM_ID, logs
 from services.config import resolve_config
-from services.errors import StateCorruptError, StateUnavailableError
-from services.fields import FAILED_OUTCOMES
-from services.lease import LeaseKeeper
-from services.runner import describe, run_once
-from services.settings import get_settings
-from services.state import FinishResult, RunTicket, StateStore, default_store, worker_identity
+from services.fields import PAUSED, RUNNING
+from services.runner import RunContext, describe, record_failure
+from services.runs import FinishResult, worker_identity
+from services.standalone import run_until_stopped
+from services.state import StateStore, default_store
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -100,7 +98,7 @@ class AbstractService(ABC):
         self._external_db = db
         self._own_db: Session | None = None
         self._run_db: Session | None = None
-        self._current_run: RunTicket | None = None
+        self._current_run: RunContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._cleaned_up = False
@@ -135,7 +133,7 @@ class AbstractService(ABC):
 
     @property
     def running(self) -> bool:
-        return self.state.flag(self.name, "running")
+        return self.state.flag(self.name, RUNNING)
 
     @running.setter
     def running(self, value: bool) -> None:
@@ -143,7 +141,7 @@ class AbstractService(ABC):
 
     @property
     def paused(self) -> bool:
-        return self.state.flag(self.name, "paused")
+        return self.state.flag(self.name, PAUSED)
 
     @paused.setter
     def paused(self, value: bool) -> None:
@@ -213,56 +211,36 @@ class AbstractService(ABC):
 
     def _handle_failure(self, error: BaseException) -> FinishResult | None:
         """Count a failure. Inside ``update()`` it marks the current run as failed (recorded
-        when the run ends); when the run ends, or outside any run, it records it in Redis."""
+        when the run ends); outside any run it records the failure in Redis. The runner calls
+        it once a failed run is recorded, with that record."""
         run = self._current_run
-        if run is not None and not run.finishing:
-            run.error = describe(error)
-            return None
-        return self._record(run, describe(error))
+        if run is None:
+            return record_failure(self, error)
+        if run.result is None:
+            run.failure = describe(error)
+        return run.result
 
     def _reset_failures(self) -> FinishResult | None:
-        """Reset the failure count; when a run ends well, records its success."""
+        """Reset the failure count. The runner calls it once a successful run is recorded
+        (which reset the count), with that record."""
         run = self._current_run
-        if run is None or not run.finishing:
-            self.state.set_failures(self.name, 0)
-            return None
-        return self._record(run, None)
-
-    def _record(self, run: RunTicket | None, error: str | None) -> FinishResult:
-        if run is None:  # an outcome that belongs to no leased run
-            run = RunTicket(self.name, f"manual-{uuid.uuid4().hex[:8]}@{worker_identity()}",
-                            0, 0, "manual")
-            run.started_ms = int(self.state.now() * 1000)
-        elif run.result is not None:
+        if run is not None and run.result is not None:
             return run.result
-        outcome = run.outcome if error is not None and run.outcome in FAILED_OUTCOMES else None
-        run.result = self.state.finish(run, error=error, outcome=outcome,
-                                       max_failures=self.max_failures,
-                                       retry_delay_seconds=self.retry_delay_seconds)
-        return run.result
+        self.state.set_failures(self.name, 0)
+        return None
 
     # -- the run lifecycle, driven by services.runner ----------------------------------------
 
-    def _begin_run(self, ticket: RunTicket) -> None:
-        self._current_run = ticket
+    def _begin_run(self, run: RunContext) -> None:
+        self._current_run = run
         self._run_db = None
 
-    def _finish_run(self, ticket: RunTicket, error: BaseException | None) -> FinishResult:
-        ticket.finishing = True
-        if error is None and ticket.error is None:
-            self._reset_failures()
-        else:
-            self._handle_failure(error or RuntimeError(ticket.error))
-        if ticket.result is None:  # an override did not call super(): record it anyway
-            self._record(ticket, describe(error) if error else ticket.error)
-        return ticket.result  # type: ignore[return-value]
-
-    def _end_run(self, ticket: RunTicket) -> None:
+    def _end_run(self, run: RunContext) -> None:
         session, self._run_db = self._run_db, None
         self._current_run = None
         if session is not None:
             try:
-                if ticket.error is not None or (ticket.result and ticket.result.failures):
+                if run.failure is not None or (run.result and run.result.failures):
                     session.rollback()
             finally:
                 session.close()
@@ -276,53 +254,6 @@ class AbstractService(ABC):
         self._stop_event = asyncio.Event()
         try:
             with logs.bound(self.name):
-                await self._loop_until_stopped()
+                await run_until_stopped(self, self._stop_event)
         finally:  # a later stop() has no loop to wake
             self._loop = self._stop_event = None
-
-    async def _loop_until_stopped(self) -> None:
-        assert self._stop_event is not None
-        keeper = LeaseKeeper(self.state, grace_seconds=get_settings().hard_limit_grace_seconds)
-        shutdown.observe_signals()
-        kind = "loop"
-        logger.info("%s: loop started (every %ss)", self.name, self.interval_seconds)
-        try:
-            while not self._stop_event.is_set():
-                try:
-                    report = await run_once(self, kind, keeper)
-                except (StateUnavailableError, StateCorruptError) as exc:
-                    # At least a second apart, so a zero retry delay cannot flood the log.
-                    pause = max(self.retry_delay_seconds, 1.0)
-                    logger.error("%s: %s; trying again in %ss", self.name, exc, pause)
-                    await self._wait(pause)
-                    continue
-                kind, wait = self._next_step(report)
-                if wait is None:
-                    break
-                await self._wait(wait)
-        finally:
-            keeper.close()
-            self.cleanup()
-            logger.info("%s: loop ended", self.name)
-
-    def _next_step(self, report: Any) -> tuple[str, float | None]:
-        """What the loop does after an attempt: the next kind of run and how long to wait
-        (None: end the loop)."""
-        verdict = report.verdict
-        if verdict == "stopped" or (report.result is not None and report.result.stopped):
-            logger.info("%s is stopped: %s", self.name,
-                        report.decision.detail if verdict == "stopped" else "max_failures")
-            return "loop", None
-        if report.result is not None and report.failed:
-            return "retry", self.retry_delay_seconds
-        if verdict == "backoff":  # the guard read detail (retry_at) as a number already
-            retry_at = float(report.decision.detail)
-            # Ask again at least every retry delay (or interval), however far off retry_at is.
-            return "retry", min(max(0.0, retry_at - report.decision.now_ms / 1000),
-                                max(self.retry_delay_seconds, self.interval_seconds))
-        return "loop", self.interval_seconds
-
-    async def _wait(self, seconds: float) -> None:
-        assert self._stop_event is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)

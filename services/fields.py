@@ -1,5 +1,7 @@
-"""The state hash's fields as Python reads them: flags, numbers and times, with the same
-rules as the Lua scripts (``services/lua/*.lua``), which name the same fields in their headers.
+"""The state schema: the service hash's fields, the guard's verdicts, the kinds of run and
+how runs end, and the one parser of the flags and numbers Redis holds, with the same rules as
+the Lua scripts (``services/lua/*.lua``), whose headers name the same fields. The store, the
+runner, ``svc``, the metrics and the services page all read the hash through this module.
 """
 
 from __future__ import annotations
@@ -7,17 +9,81 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+
+class Verdict(StrEnum):
+    """The guard's answer (``begin_run.lua``), in the order it checks them."""
+
+    HELD = "held"
+    """Redis lost its data and nobody restored or confirmed this service's flags since."""
+    CORRUPT = "corrupt"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    BACKOFF = "backoff"
+    DUPLICATE = "duplicate"
+    NOTHING_TO_RETRY = "nothing_to_retry"
+    LEASED = "leased"
+    GO = "go"
+
+
+class Kind(StrEnum):
+    """What asked for a run. A host sends the first five; the guard turns a run after
+    ``stop_cooldown_seconds`` into a ``probe``; ``manual`` records a failure reported outside
+    any run (``AbstractService._handle_failure``)."""
+
+    TICK = "tick"
+    CATCHUP = "catchup"
+    """A Beat tick for a slot missed while no Beat ran (docs/scheduling.md)."""
+    LOOP = "loop"
+    RETRY = "retry"
+    TRIGGER = "trigger"
+    PROBE = "probe"
+    MANUAL = "manual"
+
+
+# What a host may ask for: the guard decides on probes; manual runs never pass the guard.
+REQUESTED_KINDS = (Kind.TICK, Kind.CATCHUP, Kind.LOOP, Kind.RETRY, Kind.TRIGGER)
+
+
+class Outcome(StrEnum):
+    """How a run ended. Each is counted in the hash as ``runs_<outcome>``."""
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+    """The worker's own shutdown mid-run: neither a success nor a failure."""
+    LOST = "lost"
+    """Its worker died: the lease lapsed with no finish (recorded by the next guard)."""
+
+
+FAILED_OUTCOMES = (Outcome.ERROR, Outcome.TIMEOUT)
+
+# Fields of the service hash <prefix>:<name>.
+RUNNING, PAUSED, FAILURES, RUNS, RETRY_AT = "running", "paused", "failures", "runs", "retry_at"
+STOP_REASON, EPOCH, CHANGE = "stop_reason", "epoch", "change"
+LAST_TICK_AT, LAST_SLOT, REGISTERED_AT = "last_tick_at", "last_slot", "registered_at"
+DURATION_SUM_MS = "duration_ms_sum"
+TEXT_FIELDS = ("last_error", "stop_reason", "changed_by", "change", "change_reason")
+TIME_FIELDS = ("retry_at", "last_started_at", "last_finished_at", "last_success_at",
+               "last_error_at", "changed_at", "registered_at")
+
+
+def runs_field(outcome: Outcome) -> str:
+    """The hash field counting runs that ended with ``outcome``."""
+    return f"runs_{outcome}"
+
+
+def duration_field(bound_ms: int | None) -> str:
+    """The hash field counting runs no longer than ``bound_ms`` (None: the rest)."""
+    return f"duration_le_{'inf' if bound_ms is None else bound_ms}"
+
 
 # Year 3000: a stored time past it is a typo or a hand edit (1e12 is the year 33658, which
 # Python's datetime cannot even represent). Read as unset and reported, never a crash.
 LATEST_TIME = 32_503_680_000.0
-TIME_FIELDS = ("retry_at", "last_started_at", "last_finished_at", "last_success_at",
-               "last_error_at", "changed_at", "registered_at")
-# How a run ends. Each is counted in the hash as runs_<outcome> (worker/metrics.py).
-OK, ERROR, TIMEOUT, INTERRUPTED, LOST = "ok", "error", "timeout", "interrupted", "lost"
-OUTCOMES = (OK, ERROR, TIMEOUT, INTERRUPTED, LOST)
-FAILED_OUTCOMES = (ERROR, TIMEOUT)
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
@@ -32,6 +98,28 @@ def parse_flag(value: str | None, default: bool) -> bool | None:
     if word in FALSE_WORDS:
         return False
     return None
+
+
+def parse_number(value: str | bytes | float | None) -> float | None:
+    """A number as Redis holds it; None when unset, unreadable, nan or infinite. The one
+    reading of numbers: '1_0' (which float() takes and the scripts do not) is unreadable."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if isinstance(value, str) and "_" in value:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parse_count(value: str | None) -> int:
+    """A counter as Redis holds it: 0 when unset or unreadable (as the scripts' ``count``)."""
+    number = parse_number(value)
+    return int(number) if number is not None else 0
 
 
 @dataclass(frozen=True)
@@ -64,14 +152,14 @@ class ServiceState:
     def from_hash(cls, name: str, raw: Mapping[str, str]) -> ServiceState:
         corrupt: list[str] = []
         values: dict[str, Any] = {}
-        for flag, default in (("running", True), ("paused", False)):
+        for flag, default in ((RUNNING, True), (PAUSED, False)):
             parsed = parse_flag(raw.get(flag), default)
             if parsed is None:
                 corrupt.append(f"{flag}={raw[flag]}")
                 # A value nobody can read must not run the service: the scripts refuse too.
-                parsed = flag == "paused"
+                parsed = flag == PAUSED
             values[flag] = parsed
-        for key in ("failures", "runs"):
+        for key in (FAILURES, RUNS):
             values[key] = int(_number(raw, key, corrupt) or 0)
         for key in TIME_FIELDS:
             moment = _number(raw, key, corrupt)
@@ -79,7 +167,7 @@ class ServiceState:
                 corrupt.append(f"{key}={raw[key]}")
                 moment = None
             values[key] = moment
-        for key in ("last_error", "stop_reason", "changed_by", "change", "change_reason"):
+        for key in TEXT_FIELDS:
             values[key] = raw.get(key) or None
         return cls(name=name, corrupt=tuple(corrupt), **values)
 
@@ -88,14 +176,7 @@ def _number(raw: Mapping[str, str], key: str, corrupt: list[str]) -> float | Non
     value = raw.get(key)
     if value in (None, ""):
         return None
-    try:
-        # float() also takes '1_0'; the scripts do not, and both must read a value alike.
-        number = math.nan if "_" in value else float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number):  # nan and inf are no count and no time either
+    number = parse_number(value)
+    if number is None:  # nan and inf are no count and no time either
         corrupt.append(f"{key}={value}")
-        return None
     return number
-
-

@@ -18,16 +18,33 @@ from dataclasses import dataclass
 
 from services.errors import StateUnavailableError
 from services.outage import Outage
-from services.state import RunTicket, StateStore
+from services.runs import RunTicket
+from services.state import StateStore
 
 logger = logging.getLogger(__name__)
 # A renewal has this share of the lease to arrive before the lease lapses.
 RENEWAL_FRACTION = 1 / 3
 
 
+class LeaseWatch:
+    """The keeper's word on one run's lease: the one flag its thread shares with the run."""
+
+    def __init__(self) -> None:
+        self._lost = threading.Event()
+
+    @property
+    def lost(self) -> bool:
+        """True once a renewal found the lease taken: another run may own the service."""
+        return self._lost.is_set()
+
+    def mark_lost(self) -> None:
+        self._lost.set()
+
+
 @dataclass
 class _Tracked:
     ticket: RunTicket
+    watch: LeaseWatch
     renewed_at: float
     hard_deadline: float | None
     on_expiry: Callable[[RunTicket], None] | None
@@ -57,13 +74,15 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
 
     def track(self, ticket: RunTicket, hard_limit_seconds: float | None = None,
-              on_expiry: Callable[[RunTicket], None] | None = None) -> None:
+              on_expiry: Callable[[RunTicket], None] | None = None) -> LeaseWatch:
         """Renew ``ticket``'s lease until ``untrack``; at ``hard_limit_seconds`` after now stop
-        renewing and call ``on_expiry(ticket)`` from the keeper's thread."""
+        renewing and call ``on_expiry(ticket)`` from the keeper's thread. The watch says
+        whether the lease was lost meanwhile."""
         now = time.monotonic()
         deadline = now + hard_limit_seconds if hard_limit_seconds is not None else None
+        watch = LeaseWatch()
         with self._lock:
-            self._tracked[ticket.token] = _Tracked(ticket, now, deadline, on_expiry)
+            self._tracked[ticket.token] = _Tracked(ticket, watch, now, deadline, on_expiry)
             if deadline is not None and deadline - now < self.period:
                 self._wake.set()  # sooner than the keeper's next look: look again now
             if self._thread is None or not self._thread.is_alive():
@@ -71,6 +90,7 @@ class LeaseKeeper:
                 self._thread = threading.Thread(
                     target=self._run, name="svc-lease-keeper", daemon=True)
                 self._thread.start()
+        return watch
 
     def untrack(self, ticket: RunTicket) -> None:
         with self._lock:
@@ -120,9 +140,9 @@ class LeaseKeeper:
         """Renew every tracked lease last renewed a period or more ago."""
         now = time.monotonic()
         with self._lock:
-            due = [(t.ticket, t.hard_deadline) for t in self._tracked.values()
-                   if now - t.renewed_at >= self.period and not t.ticket.lease_lost]
-        for ticket, deadline in due:
+            due = [(t.ticket, t.watch, t.hard_deadline) for t in self._tracked.values()
+                   if now - t.renewed_at >= self.period and not t.watch.lost]
+        for ticket, watch, deadline in due:
             # Never much past the hard limit, even if this thread wakes late for the expiry;
             # a third of a lease beyond it, so that at the limit this thread records the
             # timeout itself rather than a guard elsewhere finding the lease lapsed.
@@ -131,7 +151,7 @@ class LeaseKeeper:
                 margin = self.store.lease_seconds * RENEWAL_FRACTION
                 lease_ms = max(1, min(lease_ms, int((deadline + margin - now) * 1000)))
             try:
-                renewed = self.store.renew(ticket, lease_ms)
+                renewed = self.store.runs.renew(ticket, lease_ms)
             except StateUnavailableError as exc:
                 self._outage.failed(f"could not renew the lease of {ticket.name} run "
                                     f"{ticket.run_id}: {exc}")
@@ -141,7 +161,7 @@ class LeaseKeeper:
                 with self._lock:
                     if ticket.token not in self._tracked:
                         continue  # the run finished (and freed its lease) meanwhile
-                ticket.lease_lost = True  # no more renewals, but the hard limit still holds
+                watch.mark_lost()  # no more renewals, but the hard limit still holds
                 logger.error("service %s run %s lost its lease; its result will not overwrite "
                              "a newer run", ticket.name, ticket.run_id)
                 continue

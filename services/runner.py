@@ -1,5 +1,10 @@
 """The async core: one run of one service, guarded, leased, recorded. Written once, used by
-``AbstractService.run_service_loop()`` and by the Celery task (the single sync edge)."""
+the standalone loop (``services.standalone``) and by the Celery task (the single sync edge).
+
+The runner owns a run from the guard to the record: it records the outcome itself, then tells
+the service through its hooks (``_reset_failures``, ``_handle_failure``) with the run already
+recorded. It knows services only as ``Runnable``: what it reads and calls of them.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +13,83 @@ import functools
 import logging
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from services import logs, shutdown
 from services.errors import RunTimedOut
-from services.fields import ERROR, INTERRUPTED, OK, TIMEOUT
-from services.lease import LeaseKeeper
+from services.fields import Kind, Outcome, Verdict
+from services.lease import LeaseKeeper, LeaseWatch
+from services.runs import Decision, FinishResult, RunTicket
 from services.schedule import TickSlot, tick_gap
-from services.state import Decision, FinishResult, RunTicket
-
-if TYPE_CHECKING:
-    from services.AbstractService import AbstractService
+from services.state import StateStore
 
 logger = logging.getLogger("services.runner")
 
-# catchup: a Beat tick for a slot missed while no Beat ran (docs/scheduling.md).
-KINDS = ("tick", "catchup", "loop", "retry", "trigger")
 # How long the runner waits for the keeper thread to record a run it took at the hard limit.
 HARD_LIMIT_RECORD_WAIT_SECONDS = 30.0
+
+
+class RunContext:
+    """A run in progress, owned by the runner; the service sees it as ``_current_run``. The
+    ticket is the guard's and never changes; the rest is what happens to the run."""
+
+    def __init__(self, ticket: RunTicket) -> None:
+        self.ticket = ticket
+        self.watch = LeaseWatch()
+        """The lease keeper's word on the lease (replaced by the keeper's own on tracking)."""
+        self.failure: str | None = None
+        """What ``update()`` reported through ``_handle_failure`` before returning."""
+        self.result: FinishResult | None = None
+        """The record, once the run is recorded."""
+        self.expire: Callable[[float | None], None] | None = None
+        """While ``update()`` runs: moves its soft limit (``expire(0)`` ends it now)."""
+        self.expired_by = ""
+        """Who ended the run early through ``expire`` (a host's own time limit), for the
+        record."""
+        self._claimed = threading.Lock()
+        self._recorded = threading.Event()
+
+    @property
+    def run_id(self) -> str:
+        return self.ticket.run_id
+
+    @property
+    def lease_lost(self) -> bool:
+        return self.watch.lost
+
+    def claim(self) -> bool:
+        """True for the one thread (the runner, or the keeper at the hard limit) that
+        records this run."""
+        return self._claimed.acquire(blocking=False)
+
+
+class Runnable(Protocol):
+    """What the runner reads and calls of a service (``AbstractService`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> StateStore: ...
+
+    interval_seconds: float
+    max_failures: int
+    retry_delay_seconds: float
+    max_concurrent_runs: int
+    timeout_seconds: float
+    stop_cooldown_seconds: float
+
+    async def update(self) -> None: ...
+
+    def _begin_run(self, run: RunContext) -> None: ...
+
+    def _end_run(self, run: RunContext) -> None: ...
+
+    def _handle_failure(self, error: BaseException) -> FinishResult | None: ...
+
+    def _reset_failures(self) -> FinishResult | None: ...
 
 
 @dataclass(frozen=True)
@@ -34,11 +97,15 @@ class RunReport:
     """What happened to one attempt: the guard's decision and, if it ran, how it ended."""
 
     decision: Decision
+    outcome: Outcome | None = None
+    """ok | error | timeout for a run that ended; None when the guard refused it."""
     error: BaseException | None = None
+    failure: str | None = None
+    """The failure as recorded: the error, or what ``_handle_failure`` reported."""
     result: FinishResult | None = None
 
     @property
-    def verdict(self) -> str:
+    def verdict(self) -> Verdict:
         return self.decision.verdict
 
     @property
@@ -47,16 +114,7 @@ class RunReport:
 
     @property
     def failed(self) -> bool:
-        return self.error is not None or (self.ticket is not None and self.ticket.error is not None)
-
-    @property
-    def outcome(self) -> str | None:
-        """ok | error | timeout for a run that ended; None when the guard refused it."""
-        if self.ticket is None:
-            return None
-        if self.ticket.outcome == OK:
-            return ERROR if self.failed else OK  # _handle_failure() marked it failed
-        return self.ticket.outcome
+        return self.failure is not None
 
     def summary(self) -> str:
         """One line, the Celery task's result as Flower shows it: ``ran <run id>: ok`` or
@@ -64,7 +122,7 @@ class RunReport:
         if self.ticket is None:
             detail = f" ({self.decision.detail})" if self.decision.detail else ""
             return f"skipped: {self.verdict}{detail}"
-        outcome = self.outcome or ""
+        outcome = str(self.outcome or "")
         if self.result is not None and self.result.stopped:
             outcome += ", stopped at max_failures"
         return f"ran {self.ticket.run_id}: {outcome}"
@@ -77,12 +135,13 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}{where}"[:2000]
 
 
-async def run_once(service: AbstractService, kind: str, keeper: LeaseKeeper,
+async def run_once(service: Runnable, kind: Kind, keeper: LeaseKeeper,
                    limit_errors: tuple[type[BaseException], ...] = (),
                    slot: TickSlot | None = None) -> RunReport:
-    """Guard, run ``update()`` on this loop under its time limits, record the outcome. Never
-    raises for a failing ``update()``: the failure is recorded and reported. Raises only for
-    the process's own shutdown (after recording the run as ``interrupted``).
+    """Guard, run ``update()`` on this loop under its time limits, record the outcome, tell
+    the service. Never raises for a failing ``update()``: the failure is recorded and
+    reported. Raises only for the process's own shutdown (after recording the run as
+    ``interrupted``).
 
     ``limit_errors``: exceptions a host raises for its own time limit (Celery's
     ``SoftTimeLimitExceeded``): such a run is a ``timeout`` too. ``slot``: where a Beat tick
@@ -90,7 +149,7 @@ async def run_once(service: AbstractService, kind: str, keeper: LeaseKeeper,
     window."""
     store = service.state
     with logs.bound(service.name):
-        decision = store.begin(
+        decision = store.runs.begin(
             service.name, kind=kind, max_runs=service.max_concurrent_runs,
             tick_gap_seconds=tick_gap(service.interval_seconds),
             cooldown_seconds=service.stop_cooldown_seconds,
@@ -101,117 +160,141 @@ async def run_once(service: AbstractService, kind: str, keeper: LeaseKeeper,
             return RunReport(decision)
     ticket = decision.ticket
     with logs.bound(service.name, ticket.run_id):
-        keeper.track(ticket, service.timeout_seconds + keeper.grace,
-                     functools.partial(_hard_limit, service, keeper))
-        service._begin_run(ticket)
+        run = RunContext(ticket)
+        run.watch = keeper.track(ticket, service.timeout_seconds + keeper.grace,
+                                  functools.partial(_hard_limit, service, keeper, run))
+        service._begin_run(run)
         try:
-            outcome, error = await _run_update(service, ticket, limit_errors)
+            outcome, error = await _run_update(service, run, limit_errors)
         finally:
             keeper.untrack(ticket)
-        if not ticket.claim():
+        if not run.claim():
             # The lease keeper got there first: past the hard limit it recorded the run as a
             # timeout (and in a pool process is ending it). That record is the run's one.
-            ticket.recorded.wait(HARD_LIMIT_RECORD_WAIT_SECONDS)
-            service._end_run(ticket)
-            return RunReport(decision, error, ticket.result)
-        ticket.outcome = outcome
+            run._recorded.wait(HARD_LIMIT_RECORD_WAIT_SECONDS)
+            service._end_run(run)
+            return RunReport(decision, Outcome.TIMEOUT, error, run.failure, run.result)
+        if outcome is Outcome.OK and run.failure is not None:
+            outcome = Outcome.ERROR  # update() reported a failure through _handle_failure()
+        failure = run.failure = describe(error) if error is not None else run.failure
         _log_end(outcome, error)
-        if outcome == INTERRUPTED:
-            try:
-                store.finish(ticket, error=describe(error), outcome=INTERRUPTED,
-                             max_failures=service.max_failures,
-                             retry_delay_seconds=service.retry_delay_seconds)
-            finally:
-                service._end_run(ticket)
-            raise error  # type: ignore[misc]  # the shutdown goes on
         try:
-            result = service._finish_run(ticket, error)
+            run.result = store.runs.finish(
+                ticket, outcome=outcome, error=failure, max_failures=service.max_failures,
+                retry_delay_seconds=service.retry_delay_seconds, lease_lost=run.lease_lost)
+            if outcome is Outcome.INTERRUPTED:
+                assert error is not None
+                raise error  # the shutdown goes on
+            _tell(service, error, failure)
         finally:
-            service._end_run(ticket)
-        _log_outcome(service, ticket, result)
-    return RunReport(decision, error, result)
+            service._end_run(run)
+        _log_outcome(service, run.result, failure)
+    return RunReport(decision, outcome, error, failure, run.result)
 
 
-async def _run_update(service: AbstractService, ticket: RunTicket,
+def _tell(service: Runnable, error: BaseException | None, failure: str | None) -> None:
+    """The seed's hooks, with the run already recorded: an override may log, alert or clean
+    up; what it returns or raises changes nothing of the record."""
+    try:
+        if failure is None:
+            service._reset_failures()
+        else:
+            service._handle_failure(error if error is not None else RuntimeError(failure))
+    except Exception:
+        logger.exception("%s raised; the run is recorded regardless",
+                         "_reset_failures()" if failure is None else "_handle_failure()")
+
+
+def record_failure(service: Runnable, error: BaseException) -> FinishResult:
+    """A failure reported outside any run: counted as the seed's counter did (backoff, and a
+    stop at ``max_failures``)."""
+    return service.state.runs.record_outside_run(
+        service.name, error=describe(error), max_failures=service.max_failures,
+        retry_delay_seconds=service.retry_delay_seconds)
+
+
+async def _run_update(service: Runnable, run: RunContext,
                       limit_errors: tuple[type[BaseException], ...]
-                      ) -> tuple[str, BaseException | None]:
+                      ) -> tuple[Outcome, BaseException | None]:
     """Await ``update()`` under its soft limit; how it ended, and with what."""
     limit = asyncio.timeout(service.timeout_seconds)
-    ticket.expire = limit.reschedule  # a host's own limit can end the run early (see worker)
+    run.expire = limit.reschedule  # a host's own limit can end the run early (see worker)
     try:
         async with limit:
             await service.update()
     except BaseException as exc:
         if limit.expired() and not isinstance(exc, TimeoutError | asyncio.CancelledError):
             # update() turned the cancellation into an error of its own: still the limit.
-            return TIMEOUT, RunTimedOut(
+            return Outcome.TIMEOUT, RunTimedOut(
                 f"update() ran past timeout_seconds={service.timeout_seconds:g} and was "
                 f"cancelled; it then raised {describe(exc)}")
-        if ticket.expired_by and isinstance(exc, TimeoutError):
-            return TIMEOUT, RunTimedOut(f"update() was cancelled by {ticket.expired_by}")
+        if run.expired_by and isinstance(exc, TimeoutError):
+            return Outcome.TIMEOUT, RunTimedOut(f"update() was cancelled by {run.expired_by}")
         return _classify(exc, limit, limit_errors, service.timeout_seconds)
     finally:
-        ticket.expire = None
+        run.expire = None
     if limit.expired():  # update() swallowed the cancellation and returned late
-        return TIMEOUT, RunTimedOut(
+        return Outcome.TIMEOUT, RunTimedOut(
             f"update() ran past timeout_seconds={service.timeout_seconds:g} and ignored the "
             "cancellation")
-    return OK, None
+    return Outcome.OK, None
 
 
 def _classify(exc: BaseException, limit: asyncio.Timeout,
               limit_errors: tuple[type[BaseException], ...],
-              timeout_seconds: float) -> tuple[str, BaseException]:
+              timeout_seconds: float) -> tuple[Outcome, BaseException]:
     """What an exception out of ``update()`` means for the run's outcome."""
     if isinstance(exc, TimeoutError) and limit.expired():
-        return TIMEOUT, RunTimedOut(
+        return Outcome.TIMEOUT, RunTimedOut(
             f"update() ran past timeout_seconds={timeout_seconds:g} and was cancelled")
     if isinstance(exc, limit_errors):
-        return TIMEOUT, exc
+        return Outcome.TIMEOUT, exc
     if isinstance(exc, Exception):
-        return ERROR, exc
+        return Outcome.ERROR, exc
     if isinstance(exc, asyncio.CancelledError):
         # Cancelled from outside (the standalone loop's Ctrl-C, a host shutting down), or a
         # cancelled inner task that leaked out of update(), which is update()'s own failure.
         task = asyncio.current_task()
-        return (INTERRUPTED if task is not None and task.cancelling() else ERROR), exc
+        cancelled = task is not None and task.cancelling()
+        return (Outcome.INTERRUPTED if cancelled else Outcome.ERROR), exc
     # SystemExit, KeyboardInterrupt or a custom BaseException: the process's own shutdown
     # only if it is shutting down; otherwise user code raised it, and it is a failure.
-    return (INTERRUPTED if shutdown.requested() else ERROR), exc
+    return (Outcome.INTERRUPTED if shutdown.requested() else Outcome.ERROR), exc
 
 
-def _hard_limit(service: AbstractService, keeper: LeaseKeeper, ticket: RunTicket) -> None:
+def _hard_limit(service: Runnable, keeper: LeaseKeeper, run: RunContext,
+                ticket: RunTicket) -> None:
     """In the lease keeper's thread: the run is past its hard limit, so ``update()`` never
     yielded to be cancelled. Record it as a ``timeout`` (freeing the lease), then let the host
     end the process if it can replace it."""
-    if not ticket.claim():
+    if not run.claim():
         return  # update() returned just now: the runner records the run itself
     limit = service.timeout_seconds + keeper.grace
     with logs.bound(service.name, ticket.run_id):
         logger.error("update() did not return within its hard limit (%gs: timeout_seconds "
                      "%g + grace %g)", limit, service.timeout_seconds, keeper.grace)
-        ticket.outcome = TIMEOUT
+        run.failure = (f"RunTimedOut: hard limit: update() did not return within {limit:g}s "
+                       "and never yielded to be cancelled (a blocking call)")
         try:
-            ticket.result = service.state.finish(
-                ticket, outcome=TIMEOUT, max_failures=service.max_failures,
-                retry_delay_seconds=service.retry_delay_seconds,
-                error=f"RunTimedOut: hard limit: update() did not return within {limit:g}s "
-                      "and never yielded to be cancelled (a blocking call)")
+            run.result = service.state.runs.finish(
+                ticket, outcome=Outcome.TIMEOUT, error=run.failure,
+                max_failures=service.max_failures,
+                retry_delay_seconds=service.retry_delay_seconds)
         finally:
             # Recorded or not (Redis away: the run then shows as lost once its lease lapses),
             # a blocked pool process is replaced.
-            ticket.recorded.set()
+            run._recorded.set()
             if keeper.on_hard_limit is not None:
                 keeper.on_hard_limit(ticket)
 
 
-def _log_end(outcome: str, error: BaseException | None) -> None:
+def _log_end(outcome: Outcome, error: BaseException | None) -> None:
     if error is None:
         return
-    if outcome == INTERRUPTED:
+    if outcome is Outcome.INTERRUPTED:
         logger.warning("update() interrupted by the process's shutdown (%s)",
                        type(error).__name__)
-    elif outcome == TIMEOUT:
+    elif outcome is Outcome.TIMEOUT:
         logger.error("update() timed out: %s", describe(error))
     elif isinstance(error, Exception):
         logger.error("update() failed: %s", describe(error), exc_info=error)
@@ -234,10 +317,10 @@ def _log_decision(key: str, decision: Decision) -> None:
     for warning in decision.warnings:
         logger.warning("%s holds unreadable %s (expected a number); treated as unset",
                        key, warning)
-    changed = _note_verdict(key, None if decision.go else _refusal(decision))
+    changed = _note_verdict(key, None if decision.go else decision.cause)
     if decision.go:
         return
-    corrupt = decision.verdict == "corrupt"
+    corrupt = decision.verdict is Verdict.CORRUPT
     level = (logging.ERROR if corrupt else logging.INFO) if changed else logging.DEBUG
     if corrupt:
         logger.log(level, "not running: %s holds %s, which is not a flag (expected 1 or 0); "
@@ -253,19 +336,6 @@ def _log_decision(key: str, decision: Decision) -> None:
 # prefork process runs one task at a time, and its parent runs none, so a child starts empty.
 _last_refusal: dict[str, str] = {}
 _last_refusal_lock = threading.Lock()
-# Verdicts whose detail names the cause (the stop reason, the bad flag, when Redis lost its
-# data), so a new cause is news. Other details change at every tick (duplicate: the last
-# slot; leased: the holders) or only with a run (backoff: retry_at), so the verdict suffices.
-_DETAIL_IS_CAUSE = frozenset({"stopped", "corrupt", "held"})
-
-
-def _refusal(decision: Decision) -> str:
-    """What makes two refusals the same news."""
-    if decision.verdict in _DETAIL_IS_CAUSE:
-        return f"{decision.verdict}: {decision.detail}"
-    return decision.verdict
-
-
 def _note_verdict(key: str, refusal: str | None) -> bool:
     """Remember ``refusal`` (None: the service ran) for ``key``; true when it differs from
     the last one remembered."""
@@ -276,14 +346,14 @@ def _note_verdict(key: str, refusal: str | None) -> bool:
     return refusal != previous
 
 
-def _log_outcome(service: AbstractService, ticket: RunTicket, result: FinishResult) -> None:
+def _log_outcome(service: Runnable, result: FinishResult, failure: str | None) -> None:
     if result.superseded:
         logger.error("run finished after losing its lease to a newer run; only its history "
                      "entry was written")
     elif result.stopped:
         logger.error("stopped after %d consecutive failures (max_failures=%d)",
                      result.failures, service.max_failures)
-    elif ticket.error is not None or result.failures:
+    elif failure is not None or result.failures:
         logger.warning("failure %d of %d; retry in %ss", result.failures,
                        service.max_failures, service.retry_delay_seconds)
     else:

@@ -23,8 +23,7 @@ from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 
-from services.fields import LATEST_TIME
-from services.runner import KINDS
+from services.fields import LATEST_TIME, REQUESTED_KINDS
 
 MAX_MESSAGE_BYTES = 64 * 1024
 """A tick's message is well under 2 KiB; anything this big is not one of ours."""
@@ -164,8 +163,9 @@ def _check_service_call(args: list[Any], kwargs: dict[str, Any]) -> None:
             raise InvalidTaskError(f"{key} must hold due times in epoch milliseconds, "
                                    f"got {_short(value)}")
     kind = kwargs.get("kind", "tick")
-    if kind not in KINDS:
-        raise InvalidTaskError(f"kind must be one of {', '.join(KINDS)}, got {_short(kind)}")
+    if kind not in REQUESTED_KINDS:
+        raise InvalidTaskError(
+            f"kind must be one of {', '.join(REQUESTED_KINDS)}, got {_short(kind)}")
 
 
 def _describe(value: Any) -> str:

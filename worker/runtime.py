@@ -18,12 +18,14 @@ from celery.worker import state as worker_state
 
 from services import logs, shutdown
 from services.AbstractService import AbstractService
+from services.fields import Kind
 from services.lease import LeaseKeeper
 from services.registry import Registry
 from services.runner import RunReport, run_once
+from services.runs import RunTicket
 from services.schedule import TickSlot
 from services.settings import get_settings
-from services.state import RunTicket, StateStore, default_store
+from services.state import StateStore, default_store
 
 logger = logging.getLogger(__name__)
 # Celery's own soft time limit (--soft-time-limit): a run it ends is a timeout, like ours.
@@ -71,7 +73,7 @@ class ProcessRuntime:
         self.instances: dict[str, AbstractService] = {}
         # The worker moves on to its next task while Redis records a short run's success;
         # the reply is read before the next command (see services.scripts.ScriptChannel).
-        store.defer_success = True
+        store.runs.defer_success = True
 
     def service(self, name: str) -> AbstractService:
         """This process's instance of ``name``, built on first use."""
@@ -92,7 +94,7 @@ class ProcessRuntime:
                     logger.exception("_configure_service() failed; will try again at the next "
                                      "tick")
 
-    def run(self, name: str, kind: str, slot: TickSlot | None = None) -> RunReport:
+    def run(self, name: str, kind: Kind, slot: TickSlot | None = None) -> RunReport:
         """Run one attempt of ``name`` to completion on this process's loop."""
         if threading.get_ident() != self.thread:
             raise RuntimeError(
@@ -123,7 +125,7 @@ class ProcessRuntime:
         self.instances.clear()
         self.keeper.close()
         try:
-            self.store.flush()
+            self.store.runs.flush()
         except Exception:
             logger.exception("could not read the last run's recorded outcome")
         if not self.loop.is_closed():

@@ -15,9 +15,10 @@ from celery import Celery, Task
 from beat_schedule import MIN_TICK_EXPIRES_SECONDS, task_name, tick_expires
 from services import logs
 from services.errors import ServiceRunFailed, StateUnavailableError
+from services.fields import REQUESTED_KINDS, Kind, Verdict
 from services.outage import Outage
 from services.registry import Registry
-from services.runner import KINDS, RunReport
+from services.runner import RunReport
 from services.schedule import TickSlot
 from worker import runtime
 
@@ -54,12 +55,14 @@ def _task_body(registry: Registry, name: str) -> Any:
     return run_service
 
 
-def execute(task: Task, registry: Registry, name: str, kind: str,
+def execute(task: Task, registry: Registry, name: str, requested: str,
             slot: TickSlot | None = None) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"task {task.name}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if task.request.retries and kind != "catchup":
-        kind = "retry"
+    if requested not in REQUESTED_KINDS:
+        raise ValueError(f"task {task.name}: kind must be one of {', '.join(REQUESTED_KINDS)}, "
+                         f"got {requested!r}")
+    kind = Kind(requested)
+    if task.request.retries and kind is not Kind.CATCHUP:
+        kind = Kind.RETRY
     try:
         report = runtime.current(registry).run(name, kind, slot)
     except StateUnavailableError as exc:
@@ -71,7 +74,7 @@ def execute(task: Task, registry: Registry, name: str, kind: str,
     _state_outage.recovered()
     if report.ticket is not None:
         logs.note_run_id(report.ticket.run_id)
-    if report.verdict == "leased" and kind == "catchup":
+    if report.verdict is Verdict.LEASED and kind is Kind.CATCHUP:
         _wait_for_lease(task, [slot.at_ms] if slot is not None else [])
     if report.failed:
         _retry_or_fail(task, registry, name, report)
@@ -86,13 +89,13 @@ def catch_up(task: Task, registry: Registry, name: str, slots: list[int]) -> str
     summaries = []
     for index, slot in enumerate(slots):
         try:
-            report = runtime.current(registry).run(name, "catchup", TickSlot(slot))
+            report = runtime.current(registry).run(name, Kind.CATCHUP, TickSlot(slot))
         except StateUnavailableError as exc:
             with logs.bound(name):
                 _state_outage.failed(exc)
             return f"skipped: state unavailable ({exc})"
         _state_outage.recovered()
-        if report.verdict == "leased":
+        if report.verdict is Verdict.LEASED:
             _wait_for_lease(task, slots[index:])
         if report.failed:
             _retry_or_fail(task, registry, name, report)
@@ -104,7 +107,7 @@ def _wait_for_lease(task: Task, slots: list[int]) -> None:
     """Ask again in a second for the catch-up slots left, up to ``CATCHUP_MAX_WAITS`` times."""
     if task.request.retries >= CATCHUP_MAX_WAITS or not slots:
         return
-    raise task.retry(kwargs={"kind": "catchup", "slot": slots[0], "more_slots": slots[1:]},
+    raise task.retry(kwargs={"kind": Kind.CATCHUP.value, "slot": slots[0], "more_slots": slots[1:]},
                      countdown=CATCHUP_WAIT_SECONDS, max_retries=CATCHUP_MAX_WAITS,
                      expires=CATCHUP_WAIT_SECONDS + MIN_TICK_EXPIRES_SECONDS)
 
@@ -112,7 +115,7 @@ def _wait_for_lease(task: Task, slots: list[int]) -> None:
 def _retry_or_fail(task: Task, registry: Registry, name: str, report: RunReport) -> None:
     assert report.ticket is not None and report.result is not None
     run_id = report.ticket.run_id
-    error = report.ticket.error or repr(report.error)
+    error = report.failure or repr(report.error)
     failure = ServiceRunFailed(f"service {name} run {run_id} failed ({report.outcome}): {error}")
     result = report.result
     # A failure that overlapped one already counted (concurrent runs, their retries) gets no
@@ -124,5 +127,5 @@ def _retry_or_fail(task: Task, registry: Registry, name: str, report: RunReport)
     countdown = config.retry_delay_seconds + RETRY_SLACK_SECONDS
     with logs.bound(name, run_id):
         logger.info("retrying once in %.2fs", countdown)
-    raise task.retry(exc=failure, countdown=countdown, kwargs={"kind": "retry"},
+    raise task.retry(exc=failure, countdown=countdown, kwargs={"kind": Kind.RETRY.value},
                      expires=countdown + tick_expires(config))

@@ -34,12 +34,12 @@ READABLE = "stopped by test: [bold red]\\x1b]0;owned\\x07 upstream"
 @pytest.fixture
 def listed(svc: Svc, store: StateStore) -> Svc:
     """ticker paused after a run, failing stopped with a long reason, slow mid-run."""
-    ticket = store.begin("ticker", kind="trigger", max_runs=1, tick_gap_seconds=0.5).ticket
+    ticket = store.runs.begin("ticker", kind="trigger", max_runs=1, tick_gap_seconds=0.5).ticket
     assert ticket is not None
-    store.finish(ticket, error=None, max_failures=3, retry_delay_seconds=1.0)
+    store.runs.finish(ticket, error=None, max_failures=3, retry_delay_seconds=1.0)
     store.control("ticker", "pause", who="test")
     store.control("failing", "stop", who="test", reason=REASON)
-    assert store.begin("slow", kind="trigger", max_runs=1, tick_gap_seconds=0.5).go
+    assert store.runs.begin("slow", kind="trigger", max_runs=1, tick_gap_seconds=0.5).go
     return svc
 
 

@@ -518,11 +518,11 @@ def test_non_numeric_retry_at_is_treated_as_unset(value: str, store: StateStore,
                                                   loops: Loops,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     redis_client.hset(f"{prefix}:badretry", mapping={"retry_at": value, "failures": "1"})
-    decision = store.begin("badretry", kind="loop", max_runs=1, tick_gap_seconds=0)
+    decision = store.runs.begin("badretry", kind="loop", max_runs=1, tick_gap_seconds=0)
     assert decision.go, decision
     if value:
         assert decision.warnings == (f"retry_at={value}",)
-    store.finish(decision.ticket, error=None, max_failures=3, retry_delay_seconds=0)
+    store.runs.finish(decision.ticket, error=None, max_failures=3, retry_delay_seconds=0)
     assert store.read("badretry").retry_at is None
     redis_client.hset(f"{prefix}:badretry", "retry_at", value)
     service = Recorder(state=store, name="badretry", interval_seconds=0.1)
@@ -541,7 +541,7 @@ def test_unreadable_flag_runs_nothing_logs_and_keeps_looping(
         caplog: pytest.LogCaptureFixture) -> None:
     key = f"{prefix}:badflag"
     redis_client.hset(key, field, "maybe")
-    decision = store.begin("badflag", kind="loop", max_runs=1, tick_gap_seconds=0)
+    decision = store.runs.begin("badflag", kind="loop", max_runs=1, tick_gap_seconds=0)
     assert (decision.verdict, decision.detail) == ("corrupt", f"{field}=maybe")
     assert decision.ticket is None
     assert not redis_client.exists(f"{prefix}:badflag:lease")
@@ -610,7 +610,7 @@ def test_unreachable_redis_gives_a_clear_error_without_the_password(
     attempts = [
         store.ping, lambda: store.read("offline"), lambda: service.running,
         lambda: service.paused, lambda: service.failures, service.pause,
-        lambda: store.begin("offline", kind="loop", max_runs=1, tick_gap_seconds=0),
+        lambda: store.runs.begin("offline", kind="loop", max_runs=1, tick_gap_seconds=0),
     ]
     for attempt in attempts:
         with pytest.raises(StateUnavailableError) as info:

@@ -13,10 +13,12 @@ import redis
 from services.AbstractService import AbstractService
 from services.config import resolve_config
 from services.errors import ServiceConfigError, StateCorruptError
+from services.fields import REQUESTED_KINDS
 from services.lease import LeaseKeeper
-from services.runner import KINDS, run_once
+from services.runner import run_once
+from services.runs import Decision, RunTicket
 from services.schedule import Schedule, TickSlot, tick_gap
-from services.state import Decision, RunTicket, StateStore
+from services.state import StateStore
 
 
 class Quiet(AbstractService):
@@ -31,7 +33,7 @@ class Quiet(AbstractService):
 
 
 def begin(store: StateStore, name: str) -> object:
-    return store.begin(name, kind="tick", max_runs=1, tick_gap_seconds=0.5)
+    return store.runs.begin(name, kind="tick", max_runs=1, tick_gap_seconds=0.5)
 
 
 def test_bytes_that_are_not_text_are_a_clear_corrupt_state(store, redis_client):
@@ -62,7 +64,7 @@ def test_a_tick_from_the_future_does_not_make_every_tick_a_duplicate(store, redi
 
 
 def test_an_interrupted_round_trip_does_not_leave_a_reply_behind(store, redis_client):
-    channel = store._per_process()[2]
+    channel = store.runs._per_process()[2]
     original = channel._read
 
     def interrupted(*args, **kwargs):
@@ -74,9 +76,9 @@ def test_an_interrupted_round_trip_does_not_leave_a_reply_behind(store, redis_cl
     channel._read = original
     # Without the fix the renew below reads the guard's unread reply (a list, so "renewed").
     stranger = RunTicket("cut", "nobody@nowhere:1", 1, 0, "tick")
-    assert store.renew(stranger) is False
+    assert store.runs.renew(stranger) is False
     ticket = begin(store, "other").ticket
-    assert ticket is not None and store.renew(ticket) is True
+    assert ticket is not None and store.runs.renew(ticket) is True
 
 
 @pytest.mark.parametrize("value", ["inf", "1e300", "-inf"])
@@ -108,9 +110,9 @@ def test_names_that_share_their_environment_variables_are_refused():
 
 def slot_tick(store: StateStore, name: str, slot_ms: int | None, *, kind: str = "tick",
               gap: float = 0.0) -> Decision:
-    decision = store.begin(name, kind=kind, max_runs=1, tick_gap_seconds=gap, slot_ms=slot_ms)
+    decision = store.runs.begin(name, kind=kind, max_runs=1, tick_gap_seconds=gap, slot_ms=slot_ms)
     if decision.ticket is not None:
-        store.finish(decision.ticket, error=None, max_failures=3, retry_delay_seconds=0)
+        store.runs.finish(decision.ticket, error=None, max_failures=3, retry_delay_seconds=0)
     return decision
 
 
@@ -134,7 +136,7 @@ def test_an_older_slot_after_a_newer_one_is_a_duplicate(store, redis_client):
     assert redis_client.hget(store.keys.state("ordered"), "last_slot") == str(now)
 
 
-@pytest.mark.skipif("catchup" not in KINDS, reason="no catchup ticks in this tree")
+@pytest.mark.skipif("catchup" not in REQUESTED_KINDS, reason="no catchup ticks in this tree")
 def test_catchup_slots_closer_than_the_tick_gap_all_run(store, redis_client):
     """Replayed missed slots are set apart by the schedule alone: a gap of a minute does not
     hold back slots a millisecond apart, and they leave last_tick_at to regular ticks."""
@@ -179,9 +181,9 @@ def test_a_tick_without_a_slot_still_uses_the_gap(store, redis_client):
 def test_a_trigger_is_not_a_slot(store, redis_client):
     slot = redis_now_ms(store)
     assert slot_tick(store, "manual", slot).go
-    trigger = store.begin("manual", kind="trigger", max_runs=1, tick_gap_seconds=60)
+    trigger = store.runs.begin("manual", kind="trigger", max_runs=1, tick_gap_seconds=60)
     assert trigger.go
-    store.finish(trigger.ticket, error=None, max_failures=3, retry_delay_seconds=0)
+    store.runs.finish(trigger.ticket, error=None, max_failures=3, retry_delay_seconds=0)
     assert redis_client.hget(store.keys.state("manual"), "last_slot") == str(slot)
     assert slot_tick(store, "manual", slot + 1).go
 
@@ -262,10 +264,10 @@ def test_a_jittered_tick_is_not_a_duplicate(store, redis_client):
 
 
 def regular_tick(store: StateStore, name: str, slot: int, next_slot: int) -> Decision:
-    decision = store.begin(name, kind="tick", max_runs=1, tick_gap_seconds=3600,
+    decision = store.runs.begin(name, kind="tick", max_runs=1, tick_gap_seconds=3600,
                            slot_ms=slot, next_slot_ms=next_slot)
     if decision.ticket is not None:
-        store.finish(decision.ticket, error=None, max_failures=3, retry_delay_seconds=0)
+        store.runs.finish(decision.ticket, error=None, max_failures=3, retry_delay_seconds=0)
     return decision
 
 

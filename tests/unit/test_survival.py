@@ -8,19 +8,20 @@ from __future__ import annotations
 import redis
 
 from services import durability
-from services.state import Decision, RunTicket, StateStore
+from services.runs import Decision, RunTicket
+from services.state import StateStore
 from tests.waiting import wait_for
 
 
 def begin(store: StateStore, name: str, kind: str = "trigger", max_runs: int = 5,
           cooldown: float = 0.0) -> Decision:
-    return store.begin(name, kind=kind, max_runs=max_runs, tick_gap_seconds=0.0,
+    return store.runs.begin(name, kind=kind, max_runs=max_runs, tick_gap_seconds=0.0,
                        cooldown_seconds=cooldown)
 
 
 def fail(store: StateStore, ticket: RunTicket, max_failures: int = 3,
          retry: float = 0.2) -> object:
-    return store.finish(ticket, error="ConnectionError: down", max_failures=max_failures,
+    return store.runs.finish(ticket, error="ConnectionError: down", max_failures=max_failures,
                         retry_delay_seconds=retry)
 
 
@@ -65,7 +66,7 @@ def test_an_outage_shorter_than_max_failures_windows_never_stops(store: StateSto
 def test_a_success_ends_the_window(store: StateStore) -> None:
     fail(store, begin(store, "ok").ticket)  # type: ignore[arg-type]
     decision = wait_for(lambda: (d := begin(store, "ok")).go and d, 10, "backoff end")
-    store.finish(decision.ticket, error=None, max_failures=3, retry_delay_seconds=0.2)
+    store.runs.finish(decision.ticket, error=None, max_failures=3, retry_delay_seconds=0.2)
     state = store.read("ok")
     assert state.failures == 0 and state.retry_at is None
 
@@ -84,7 +85,7 @@ def test_a_probe_after_the_cooldown_starts_the_service_again(
     assert probe.ticket.kind == "probe"
     # One probe per cooldown: a second tick right away is refused.
     assert begin(store, "probe", cooldown=0.5).verdict == "stopped"
-    store.finish(probe.ticket, error=None, max_failures=3, retry_delay_seconds=0.2)
+    store.runs.finish(probe.ticket, error=None, max_failures=3, retry_delay_seconds=0.2)
     state = store.read("probe")
     assert state.running and state.stop_reason is None
     assert store.audit("probe")[0]["action"] == "start"
@@ -175,15 +176,15 @@ def test_the_safe_reading_wins_when_processes_disagree(
     # Two processes found svc1 held at once. The other one saw it paused and restored first:
     other = durability.Seen(running=True, paused=True, stop_reason="", at=store.now())
     store.memory.seen["svc1"], mine = other, store.memory.seen["svc1"]
-    assert store._restore("svc1", held) == "restored"
+    assert store.restore("svc1", held.epoch) == "restored"
     # This process's memory of it running comes second and cannot unpause it.
     store.memory.seen["svc1"] = mine
-    assert store._restore("svc1", held) == "merged"
+    assert store.restore("svc1", held.epoch) == "merged"
     assert store.read("svc1").paused
     assert begin(store, "svc1").verdict == "paused"
     # An operator's action since the loss is never overwritten by a restore.
     store.control("svc1", "resume", who="ana@ops")
-    assert store._restore("svc1", held) == "operator"
+    assert store.restore("svc1", held.epoch) == "operator"
     assert begin(store, "svc1").go
 
 
@@ -237,6 +238,6 @@ def test_an_operators_stop_during_a_probe_stands(store: StateStore,
     probe = begin(store, "pr", cooldown=0.1)
     assert probe.go
     store.control("pr", "stop", who="ana@ops", reason="investigating")
-    store.finish(probe.ticket, error=None, max_failures=3, retry_delay_seconds=0.2)
+    store.runs.finish(probe.ticket, error=None, max_failures=3, retry_delay_seconds=0.2)
     assert not store.read("pr").running
     assert begin(store, "pr").verdict == "stopped"
