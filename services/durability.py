@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 
 import redis
 
+from services.fields import Verdict
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,14 +51,14 @@ class StoreMemory:
     announced: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def note(self, name: str, verdict: str, detail: str, now_ms: int) -> None:
-        """Remember the flags a guard verdict shows (others say nothing about them)."""
+    def note(self, name: str, verdict: Verdict, detail: str, now_ms: int) -> None:
+        """Remember the flags a guard verdict shows (held and corrupt say nothing of them)."""
         at = now_ms / 1000
-        if verdict == "stopped":
+        if verdict is Verdict.STOPPED:
             self.seen[name] = Seen(False, False, detail, at)
-        elif verdict == "paused":
+        elif verdict is Verdict.PAUSED:
             self.seen[name] = Seen(True, True, "", at)
-        elif verdict in ("go", "backoff", "duplicate", "nothing_to_retry", "leased"):
+        elif verdict not in (Verdict.HELD, Verdict.CORRUPT):
             self.seen[name] = Seen(True, False, "", at)
 
     def remembered(self, name: str) -> str:
@@ -64,7 +66,9 @@ class StoreMemory:
         seen = self.seen.get(name)
         if seen is None:
             return ""
-        return "stopped" if not seen.running else ("paused" if seen.paused else "")
+        if not seen.running:
+            return Verdict.STOPPED.value
+        return Verdict.PAUSED.value if seen.paused else ""
 
     def announce_loss(self, epoch: str, lost_at_ms: str, store_name: str) -> None:
         """Log the loss at ERROR once per process and loss, not once per tick."""

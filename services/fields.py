@@ -172,6 +172,23 @@ class ServiceState:
         return cls(name=name, corrupt=tuple(corrupt), **values)
 
 
+def standing(state: ServiceState, *, held: bool, now: float) -> Verdict:
+    """Where the guard stands on a service before a tick's own checks (a duplicate, the
+    leases): ``begin_run.lua``'s order, for those who read the state instead of asking the
+    guard (``svc``, the page, the metrics). ``go`` when nothing holds it back."""
+    if held:
+        return Verdict.HELD
+    if any(c.startswith((f"{RUNNING}=", f"{PAUSED}=")) for c in state.corrupt):
+        return Verdict.CORRUPT
+    if not state.running:
+        return Verdict.STOPPED
+    if state.paused:
+        return Verdict.PAUSED
+    if state.retry_at is not None and state.retry_at > now:
+        return Verdict.BACKOFF
+    return Verdict.GO
+
+
 def _number(raw: Mapping[str, str], key: str, corrupt: list[str]) -> float | None:
     value = raw.get(key)
     if value in (None, ""):

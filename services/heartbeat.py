@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import threading
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from services.fields import parse_number
 from services.outage import Outage
 from services.settings import Settings
 from services.state import StateStore
@@ -207,11 +207,8 @@ class Pulse(threading.Thread):
 
 def _seconds(text: str | None) -> float | None:
     """A time in ms as Unix seconds; None for anything that is not a finite number."""
-    try:
-        value = float(text) / 1000 if text else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) else None
+    value = parse_number(text)
+    return value / 1000 if value is not None else None
 
 
 def _names(text: str | None) -> tuple[str, ...]:

@@ -376,7 +376,7 @@ def up(ctx: typer.Context) -> None:
     """Start the whole stack here (Redis if needed, worker, Beat, Flower), like make run.
 
     Ctrl-C stops everything."""
-    from services.state import connect_redis
+    from services.redis_client import connect_redis
     from worker.stack import main as stack_main
 
     # A REDIS_URL nobody can parse is refused here, in one line, before anything starts.

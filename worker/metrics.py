@@ -46,9 +46,15 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from services.errors import ServiceError
-from services.fields import OUTCOMES
+from services.fields import (
+    DURATION_SUM_MS,
+    Outcome,
+    ServiceState,
+    duration_field,
+    parse_count,
+    runs_field,
+)
 from services.heartbeat import Liveness
-from services.state import ServiceState
 from worker.metrics_health import health_families, liveness_families
 from worker.ops_schedule import BeatView, read_beat
 
@@ -149,8 +155,8 @@ class ServiceCollector(Collector):
                 last_finished.add_metric(name, state.last_finished_at)
             started.add_metric(name, state.runs)
             raw = status.raw
-            for outcome in OUTCOMES:
-                runs.add_metric([status.name, outcome], _count(raw, f"runs_{outcome}"))
+            for outcome in Outcome:
+                runs.add_metric([status.name, outcome], parse_count(raw.get(runs_field(outcome))))
             buckets, total_ms = duration_buckets(raw)
             duration.add_metric(name, buckets, total_ms / 1000)
             if status.next_tick_at is not None:
@@ -190,18 +196,11 @@ def duration_buckets(raw: dict[str, str]) -> tuple[list[tuple[str, float]], floa
     cumulative = 0
     buckets = []
     for bound in DURATION_BUCKETS_MS:
-        cumulative += _count(raw, f"duration_le_{bound}")
+        cumulative += parse_count(raw.get(duration_field(bound)))
         buckets.append((f"{bound / 1000:g}", cumulative))
-    cumulative += _count(raw, "duration_le_inf")
+    cumulative += parse_count(raw.get(duration_field(None)))
     buckets.append(("+Inf", cumulative))
-    return buckets, float(_count(raw, "duration_ms_sum"))
-
-
-def _count(raw: dict[str, str], field: str) -> int:
-    try:
-        return int(float(raw.get(field) or 0))
-    except ValueError:
-        return 0
+    return buckets, float(parse_count(raw.get(DURATION_SUM_MS)))
 
 
 def registry_for(op: Operator) -> CollectorRegistry:

@@ -18,19 +18,19 @@ from typing import Any
 
 from services.config import ServiceConfig
 from services.errors import UnknownServiceError
+from services.fields import LAST_TICK_AT, ServiceState, parse_number
 from services.health import Health, assess
 from services.heartbeat import Liveness
 from services.heartbeat import queue_reads as liveness_reads
 from services.keys import NAME_PATTERN
 from services.registry import Registry, suggest
 from services.settings import Settings
-from services.state import ServiceState, StateStore
+from services.state import StateStore
 from worker.ops_keys import (
     Index,
     IndexEntryError,
     WrongTypeError,
     config_from_entry,
-    finite_number,
     json_object,
     naming,
     read_index,
@@ -207,7 +207,7 @@ class Operator:
     def _health(self, status: ServiceStatus, liveness: Liveness,
                 inflight: dict[str, str]) -> Health:
         starts = {token: value / 1000 for token, text in inflight.items()
-                  if (value := finite_number(text)) is not None}
+                  if (value := parse_number(text)) is not None}
         schedule = status.schedule.schedule if status.schedule is not None else None
         # What the workers registered, when readable: health must not depend on the
         # environment of whoever evaluates it (svc web, an operator's shell).
@@ -221,7 +221,7 @@ class Operator:
     def _status(self, name: str, now: float, raw: dict[str, str],
                 leases: list[tuple[str, float]], last: str | None) -> ServiceStatus:
         last_run = json_object(last) if last else None
-        tick = finite_number(raw.get("last_tick_at"))
+        tick = parse_number(raw.get(LAST_TICK_AT))
         return ServiceStatus(
             name=name, config=self.config(name), state=ServiceState.from_hash(name, raw),
             now=now, last_tick_at=tick / 1000 if tick is not None else None,

@@ -151,12 +151,3 @@ def json_object(text: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def finite_number(text: str | None) -> float | None:
-    """``text`` as a finite number; None when it is empty, not a number, nan or infinite."""
-    try:
-        value = float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) else None

@@ -16,10 +16,11 @@ from typing import Any
 
 from beat_schedule.store import ScheduleStore, resolve_all
 from services.config import ServiceConfig
+from services.fields import parse_number
 from services.keys import Keys
 from services.schedule import Schedule, ScheduleError, from_registration
 from services.state import StateStore
-from worker.ops_keys import WrongTypeError, finite_number, json_object, naming, wrong_types
+from worker.ops_keys import WrongTypeError, json_object, naming, wrong_types
 
 # The leader writes its stats every 2 s (beat_schedule.scheduler.STATS_EVERY_SECONDS), stamped
 # with Redis's clock; five missed writes mean it is stuck or gone, not merely busy.
@@ -183,7 +184,7 @@ class BeatView:
 
     @property
     def updated_at(self) -> float | None:
-        return finite_number(self.stats.get("updated_at"))
+        return parse_number(self.stats.get("updated_at"))
 
     @property
     def age(self) -> float | None:
@@ -199,7 +200,7 @@ class BeatView:
     def lateness(self) -> dict[str, float | None]:
         """p50, p99 and max tick lateness (seconds) over the last minute; None when no tick
         went out in it."""
-        return {label: finite_number(self.stats.get(field))
+        return {label: parse_number(self.stats.get(field))
                 for label, field in LATENESS_FIELDS.items()}
 
     def as_json(self) -> dict[str, Any]:
@@ -266,5 +267,5 @@ def forget_service(store: StateStore, name: str, *, who: str, reason: str) -> di
 
 
 def _whole(text: str | None) -> int | None:
-    value = finite_number(text)
+    value = parse_number(text)
     return None if value is None else int(value)

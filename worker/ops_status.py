@@ -10,9 +10,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from services.config import ServiceConfig
+from services.fields import CHANGE, EPOCH, ServiceState, Verdict, parse_number, standing
 from services.health import Health
-from services.state import ServiceState
-from worker.ops_keys import finite_number
 from worker.ops_schedule import ScheduleInfo
 
 
@@ -41,7 +40,7 @@ class StoreLoss:
 
     @classmethod
     def from_epoch(cls, raw: dict[str, str]) -> StoreLoss | None:
-        lost_at = finite_number(raw.get("lost_at"))
+        lost_at = parse_number(raw.get("lost_at"))
         if lost_at is None:
             return None
         return cls(raw.get("id", ""), lost_at / 1000, raw.get("detected_by", "?"))
@@ -76,23 +75,15 @@ class ServiceStatus:
     def held(self) -> bool:
         """Redis lost its data and nobody restored or confirmed this service's flags since:
         the guard runs nothing of it (begin_run.lua's rule)."""
-        return (self.loss is not None and self.raw.get("epoch") != self.loss.epoch
-                and not self.raw.get("change"))
+        return (self.loss is not None and self.raw.get(EPOCH) != self.loss.epoch
+                and not self.raw.get(CHANGE))
 
     @property
     def condition(self) -> str:
-        """held | corrupt | running | paused | stopped | backoff, in the guard's order."""
-        if self.held:
-            return "held"
-        if any(c.startswith(("running=", "paused=")) for c in self.state.corrupt):
-            return "corrupt"
-        if not self.state.running:
-            return "stopped"
-        if self.state.paused:
-            return "paused"
-        if self.state.retry_at is not None and self.state.retry_at > self.now:
-            return "backoff"
-        return "running"
+        """held | corrupt | running | paused | stopped | backoff: the guard's standing
+        (``services.fields.standing``), ``running`` where nothing holds the service back."""
+        verdict = standing(self.state, held=self.held, now=self.now)
+        return "running" if verdict is Verdict.GO else str(verdict)
 
     @property
     def next_tick_at(self) -> float | None:
