@@ -10,7 +10,7 @@ same store, so every side pays the same.
 
 Slot layout (128 bytes, so two processes' slots never share a cache line): pid, raw tasks
 done, wrapped runs done, then nanoseconds spent in ``ProcessRuntime.run``,
-``StateStore.begin`` and ``StateStore.finish``, and the CPU nanoseconds of the calling thread
+``RunLedger.begin`` and ``RunLedger.finish``, and the CPU nanoseconds of the calling thread
 in ``ProcessRuntime.run`` and in the two store calls (all five written only when the bench
 asks for a breakdown, see ``bench.raw_tasks``), then the default app's tasks done; the rest
 is unused.

@@ -6,7 +6,7 @@ exactly what the no-op service's ``update()`` does.
 
 With ``BENCH_BREAKDOWN=1`` (``overhead.py --breakdown``) this module also times, in every
 worker process, ``ProcessRuntime.run`` (the whole wrapper inside the task body) and the
-guard and finish calls of the state store (wall clock, and CPU of the calling thread), so
+guard and finish calls of the run path (``services.runs.RunLedger``) (wall clock, and CPU of the calling thread), so
 the bench can split the wrapper's cost per run without a profiler's distortion. It costs a
 few microseconds per run, so the reference figures are taken without it.
 """
@@ -20,7 +20,7 @@ from time import perf_counter_ns, thread_time_ns
 from typing import Any
 
 from bench import counters
-from services.state import StateStore
+from services.runs import RunLedger
 from worker.celery_app import app
 from worker.runtime import ProcessRuntime
 
@@ -49,9 +49,9 @@ if os.environ.get("BENCH_BREAKDOWN") == "1":
     ProcessRuntime.run = _timed(  # type: ignore[method-assign]
         ProcessRuntime.run, counters.RUN_NS, counters.RUN_CPU_NS
     )
-    StateStore.begin = _timed(  # type: ignore[method-assign]
-        StateStore.begin, counters.BEGIN_NS, counters.SCRIPTS_CPU_NS
+    RunLedger.begin = _timed(  # type: ignore[method-assign]
+        RunLedger.begin, counters.BEGIN_NS, counters.SCRIPTS_CPU_NS
     )
-    StateStore.finish = _timed(  # type: ignore[method-assign]
-        StateStore.finish, counters.FINISH_NS, counters.SCRIPTS_CPU_NS
+    RunLedger.finish = _timed(  # type: ignore[method-assign]
+        RunLedger.finish, counters.FINISH_NS, counters.SCRIPTS_CPU_NS
     )

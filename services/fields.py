@@ -66,6 +66,7 @@ RUNNING, PAUSED, FAILURES, RUNS, RETRY_AT = "running", "paused", "failures", "ru
 STOP_REASON, EPOCH, CHANGE = "stop_reason", "epoch", "change"
 LAST_TICK_AT, LAST_SLOT, REGISTERED_AT = "last_tick_at", "last_slot", "registered_at"
 DURATION_SUM_MS = "duration_ms_sum"
+HISTORY_BYTES = "history_bytes"  # the bytes the history list holds (lua/history.lua)
 TEXT_FIELDS = ("last_error", "stop_reason", "changed_by", "change", "change_reason")
 TIME_FIELDS = ("retry_at", "last_started_at", "last_finished_at", "last_success_at",
                "last_error_at", "changed_at", "registered_at")

@@ -135,6 +135,7 @@ class StoreAccess(Protocol):
     scripts: Scripts
     lease_ms: int
     history_length: int
+    history_bytes: int
     audit_length: int
     redis_url: str
 
@@ -215,7 +216,7 @@ class RunLedger:
                  MAX_AHEAD_MS, store.history_length, memory.remembered(name),
                  *("" if slot is None else int(slot) for slot in slots),
                  TICK_SLACK_FRACTION, int(MAX_TICK_SLACK_SECONDS * 1000),
-                 int(SLOT_AHEAD_SECONDS * 1000)))
+                 int(SLOT_AHEAD_SECONDS * 1000), store.history_bytes))
         verdict = Verdict(verdict)
         memory.epoch = epoch
         memory.note(name, verdict, detail, int(now_ms))
@@ -241,7 +242,7 @@ class RunLedger:
             _, identity, channel = self._per_process()
             args = (ticket.token, ticket.seq, outcome, error or "", max_failures,
                     int(retry_delay_seconds * 1000), store.history_length, ticket.started_ms,
-                    identity, ticket.kind, store.audit_length)
+                    identity, ticket.kind, store.audit_length, store.history_bytes)
             if outcome is Outcome.OK and self._may_defer(ticket, lease_lost):
                 channel.send(store.scripts.finish_run, keys, args, ticket)
                 return _SUCCEEDED

@@ -23,7 +23,14 @@ logger = logging.getLogger(__name__)
 
 
 def _source(name: str) -> str:
-    return resources.files("services").joinpath("lua", f"{name}.lua").read_text()
+    """A script's text, after the libraries its header names (``-- include: history``)."""
+    text = resources.files("services").joinpath("lua", f"{name}.lua").read_text()
+    libraries = [line.removeprefix(INCLUDE).strip() for line in text.splitlines()
+                 if line.startswith(INCLUDE)]
+    return "".join(_source(library) for library in libraries) + text
+
+
+INCLUDE = "-- include: "
 
 
 @dataclass(frozen=True)

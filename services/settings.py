@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     is replaced (Celery's ``worker_max_memory_per_child``); 0 turns the cap off."""
     history_length: int = Field(100, ge=1)
     """SVC_HISTORY_LENGTH: runs kept in ``<prefix>:<name>:history``."""
+    history_max_bytes: int = Field(32768, ge=1024)
+    """SVC_HISTORY_MAX_BYTES: bytes of run entries kept in the history, whatever their count
+    (the newest run always stays): a run's entry is ~300 bytes, a failure's up to ~2.3 KB
+    with its error, so this bounds what a failing service holds in Redis."""
     audit_length: int = Field(200, ge=1)
     """SVC_AUDIT_LENGTH: operator actions kept in ``<prefix>:<name>:audit``."""
     log_json: bool = False

@@ -48,6 +48,7 @@ class StateStore:
         *,
         lease_seconds: float = 30.0,
         history_length: int = 100,
+        history_bytes: int = 32768,
         audit_length: int = 200,
         redis_url: str = "",
     ) -> None:
@@ -55,6 +56,7 @@ class StateStore:
         self.keys = keys or Keys()
         self.lease_ms = int(lease_seconds * 1000)
         self.history_length = history_length
+        self.history_bytes = history_bytes
         self.audit_length = audit_length
         self.redis_url = redact_url(redis_url) if redis_url else "<redis>"
         self.scripts = Scripts.register(client)
@@ -69,6 +71,7 @@ class StateStore:
             Keys(settings.key_prefix),
             lease_seconds=settings.lease_seconds,
             history_length=settings.history_length,
+            history_bytes=settings.history_max_bytes,
             audit_length=settings.audit_length,
             redis_url=settings.redis_url,
         )

@@ -2,6 +2,7 @@
 -- may start now and, if it may, starts it: takes a lease and hands out a fencing token.
 -- On the way it records runs whose worker died (their lease lapsed with no finish) as `lost`,
 -- and notices a store that lost its data (the epoch this process knew is gone).
+-- include: history
 --
 -- KEYS[1]  state hash     <prefix>:<name>
 -- KEYS[2]  lease zset     <prefix>:<name>:lease     member = run token, score = expiry (ms)
@@ -34,6 +35,7 @@
 -- ARGV[15] max_slack_ms   services.schedule.MAX_TICK_SLACK_SECONDS in ms (1000)
 -- ARGV[16] slot_ahead_ms  services.schedule.SLOT_AHEAD_SECONDS in ms: a slot further ahead of
 --                         Redis's clock is a clock step or a hand edit, ignored with a warning
+-- ARGV[17] history_bytes  how many bytes of entries the history keeps (the newest always)
 --
 -- Returns {verdict, detail, now_ms, warnings, epoch, kind}
 --   go               detail = run sequence number (fencing token); kind = the run's kind
@@ -88,14 +90,13 @@ for _, held in ipairs(redis.call('HKEYS', KEYS[4])) do
     local ended = tonumber(expiry or now)
     redis.call('HDEL', KEYS[4], held)
     redis.call('HINCRBY', KEYS[1], 'runs_lost', 1)
-    redis.call('LPUSH', KEYS[3], cjson.encode({
+    push_history(KEYS[1], KEYS[3], cjson.encode({
       run_id = string.match(held, '^[^@]*'), token = held,
       worker = string.match(held, '@(.*)$') or cjson.null, outcome = 'lost',
       started_at = started / 1000, finished_at = ended / 1000,
       duration = (ended - started) / 1000, lease_lost = true, superseded = false,
       error = string.format('the worker died mid-run: its lease lapsed at %.3f without a finish',
-        ended / 1000)}))
-    redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[10]) - 1)
+        ended / 1000)}), tonumber(ARGV[10]), tonumber(ARGV[17]))
   end
 end
 

@@ -1,4 +1,5 @@
 -- finish_run: record one run's outcome, release its lease and append it to the history.
+-- include: history
 -- One round trip after every run that begin_run let start.
 --
 -- KEYS[1]  state hash     <prefix>:<name>
@@ -18,6 +19,7 @@
 -- ARGV[9]  worker         host:pid of the process that ran it
 -- ARGV[10] kind           the run's kind, as begin_run returned it (probe: see below)
 -- ARGV[11] audit_len      how many entries the audit list keeps
+-- ARGV[12] history_bytes  how many bytes of entries the history keeps (the newest always)
 --
 -- Returns {failures, stopped, superseded, lease_lost, retry_at_ms, counted}
 --   A failure (error, timeout) is counted once per backoff window: a failing run that began
@@ -132,6 +134,5 @@ local entry = {
   started_at = started / 1000, finished_at = now / 1000, duration = (now - started) / 1000,
   error = (err ~= '' and err) or cjson.null, lease_lost = lease_lost, superseded = superseded,
 }
-redis.call('LPUSH', KEYS[3], cjson.encode(entry))
-redis.call('LTRIM', KEYS[3], 0, history_len - 1)
+push_history(KEYS[1], KEYS[3], cjson.encode(entry), history_len, tonumber(ARGV[12]))
 return {failures, stopped, superseded and 1 or 0, lease_lost and 1 or 0, retry_at, counted}
