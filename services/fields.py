@@ -65,9 +65,37 @@ FAILED_OUTCOMES = (Outcome.ERROR, Outcome.TIMEOUT)
 RUNNING, PAUSED, FAILURES, RUNS, RETRY_AT = "running", "paused", "failures", "runs", "retry_at"
 STOP_REASON, EPOCH, CHANGE = "stop_reason", "epoch", "change"
 LAST_TICK_AT, LAST_SLOT, REGISTERED_AT = "last_tick_at", "last_slot", "registered_at"
-DURATION_SUM_MS = "duration_ms_sum"
-HISTORY_BYTES = "history_bytes"  # the bytes the history list holds (lua/history.lua)
+DURATION_SUM_MS, HISTORY_BYTES = "duration_ms_sum", "history_bytes"
 TEXT_FIELDS = ("last_error", "stop_reason", "changed_by", "change", "change_reason")
+# Every field of the service hash, as the scripts write them (tests/unit/test_schema.py checks
+# that the scripts use no other): what each holds.
+STATE_FIELDS: dict[str, str] = {
+    RUNNING: "flag: 0 once stopped (an operator's stop or max_failures)",
+    PAUSED: "flag: 1 while paused",
+    FAILURES: "counted consecutive failures",
+    "first_failure_at": "ms: the first of the current failures",
+    "failure_window_at": "ms: the start of the current backoff window",
+    RETRY_AT: "Unix seconds: the backoff's end",
+    RUNS: "runs the guard let start (the fencing sequence)",
+    "last_run_id": "the latest run's id",
+    "last_started_at": "Unix seconds", "last_finished_at": "Unix seconds",
+    "last_success_at": "Unix seconds", "last_error_at": "Unix seconds",
+    "last_error": "the latest failure's error text",
+    LAST_TICK_AT: "ms: when the last regular Beat tick ran",
+    LAST_SLOT: "ms: the last Beat slot that ran",
+    STOP_REASON: "why the service is stopped",
+    "stopped_by": "who stopped it", "stopped_at": "ms",
+    CHANGE: "the last operator action", "changed_by": "who", "changed_at": "Unix seconds",
+    "change_reason": "why",
+    EPOCH: "the store epoch its flags were last confirmed in (services/durability.py)",
+    "restored_at": "when a process restored its flags after a loss",
+    "restored_by": "which process",
+    REGISTERED_AT: "Unix seconds: when a worker first registered it",
+    "runs_<outcome>": "finished runs by outcome",
+    "duration_le_<ms>": "finished runs no longer than <ms> (duration_le_inf: the rest)",
+    DURATION_SUM_MS: "the runs' total duration",
+    HISTORY_BYTES: "the bytes the history list holds (lua/history.lua)",
+}
 TIME_FIELDS = ("retry_at", "last_started_at", "last_finished_at", "last_success_at",
                "last_error_at", "changed_at", "registered_at")
 
