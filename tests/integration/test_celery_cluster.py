@@ -550,10 +550,10 @@ def test_configure_service_runs_once_per_worker_process(
         counts = {int(pid): int(n) for pid, n in redis_client.hgetall(configured).items()}
         children = {w.name: pool_pids(w) for w in (w1, w2)}
 
-    # Built once in each pool process (two in w1, one in w2), never in a worker's main
-    # process, and not again for each of the many runs.
+    # Built once in each pool process that ran it (on its first task there), never in a
+    # worker's main process, and not again for each of the many runs.
     assert len(children["w1"]) == 2 and len(children["w2"]) == 1, children
-    assert set(counts) == children["w1"] | children["w2"], (counts, children)
+    assert set(counts) <= children["w1"] | children["w2"], (counts, children)
     assert set(counts.values()) == {1}, counts
     ran_on = {int(row["worker"].rsplit(":", 1)[1]) for row in history}
     assert ran_on <= set(counts), (ran_on, counts)
@@ -583,8 +583,9 @@ def test_warm_shutdown_lets_the_run_finish_then_cleans_up(
     run = next(row for row in history if row["token"] == token)
     assert run["outcome"] == "ok" and run["duration"] >= 1.5, run
     assert store.lease_holders("lifecycle") == []
-    # ...and cleanup() ran once in every process that built the service.
-    assert len(built) == (2 if pool == "prefork" else 1), built
+    # ...and cleanup() ran once in every process that built the service (on its first task
+    # there: the other prefork process may not have had one yet).
+    assert 1 <= len(built) <= (2 if pool == "prefork" else 1), built
     assert done == built, (built, done)
 
 
