@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy import ColumnElement, Table, bindparam
 
 from services.AbstractService import AbstractService
 from services.db import require_tables
 from services.locking import delete_rows
 from services.models import SENT, OutboxMessage, status_is, utcnow
-from services.settings import get_settings
+from services.outbox import OutboxOptions
+from services.settings import ComponentSettings, load
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,17 @@ class CleanupTarget:
     retention_seconds: float = 0.0
 
 
+class CleanupSettings(ComponentSettings):
+    """This service's own settings, ``SVC_CLEANUP_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SVC_CLEANUP_")
+
+    batch_size: int = Field(1000, ge=1, le=100000)
+    """Rows deleted per (short) transaction."""
+    run_budget_seconds: float = Field(20.0, gt=0)
+    """One run deletes batches for at most about this long."""
+
+
 class ExpiredRowsCleanup(AbstractService):
     """Deletes expired rows in bounded batches."""
 
@@ -45,10 +59,10 @@ class ExpiredRowsCleanup(AbstractService):
     retry_delay_seconds = 30.0
 
     def _configure_service(self) -> None:
-        settings = get_settings()
-        self.batch_size = settings.cleanup_batch_size
-        self.run_budget_seconds = settings.cleanup_run_budget_seconds
-        self.retention_seconds = settings.outbox_retention_seconds
+        settings = load(CleanupSettings)
+        self.batch_size = settings.batch_size
+        self.run_budget_seconds = settings.run_budget_seconds
+        self.retention_seconds = load(OutboxOptions).retention_seconds
         logger.info("ExpiredRowsCleanup (%s): batches of %d, %s", self.service_id,
                     self.batch_size, ", ".join(t.label for t in self.targets()))
 

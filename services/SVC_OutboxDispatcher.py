@@ -27,7 +27,7 @@ from services.outbox import (
     RedisStreamSink,
     Sink,
 )
-from services.settings import get_settings
+from services.settings import load
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class OutboxDispatcher(AbstractService):
     max_concurrent_runs = 4
 
     def _configure_service(self) -> None:
-        self.options = OutboxOptions.from_settings(get_settings())
+        self.options = load(OutboxOptions)
         self.dispatch = OutboxDispatch(self.options)
         self.sink: Sink | None = None
         target = "HTTP " + self.options.http_url if self.options.http_url else (

@@ -29,6 +29,8 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import redis
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy import Row, bindparam, update
 from sqlalchemy.orm import Session
 
@@ -44,42 +46,42 @@ from services.models import (
     status_is,
     utcnow,
 )
-from services.settings import Settings, redact_url
+from services.settings import ComponentSettings, redact_url
 
 logger = logging.getLogger(__name__)
 
 OUTBOX = OutboxMessage.__table__
 
 
-@dataclass(frozen=True)
-class OutboxOptions:
-    batch_size: int = 100
-    claim_timeout_seconds: float = 60.0
-    max_attempts: int = 10
-    retry_base_seconds: float = 2.0
-    retry_max_seconds: float = 600.0
-    run_budget_seconds: float = 20.0
-    stream: str = "outbox"
-    stream_maxlen: int = 0
-    dedupe_seconds: float = 7 * 86400.0
-    http_url: str | None = None
-    http_timeout_seconds: float = 10.0
+class OutboxOptions(ComponentSettings):
+    """The outbox's settings, ``SVC_OUTBOX_<FIELD>`` (see docs/database.md); build them with
+    ``services.settings.load(OutboxOptions)`` for one-line errors, or pass fields directly."""
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> OutboxOptions:
-        return cls(
-            batch_size=settings.outbox_batch_size,
-            claim_timeout_seconds=settings.outbox_claim_timeout_seconds,
-            max_attempts=settings.outbox_max_attempts,
-            retry_base_seconds=settings.outbox_retry_base_seconds,
-            retry_max_seconds=settings.outbox_retry_max_seconds,
-            run_budget_seconds=settings.outbox_run_budget_seconds,
-            stream=settings.outbox_stream,
-            stream_maxlen=settings.outbox_stream_maxlen,
-            dedupe_seconds=settings.outbox_dedupe_seconds,
-            http_url=settings.outbox_http_url or None,
-            http_timeout_seconds=settings.outbox_http_timeout_seconds,
-        )
+    model_config = SettingsConfigDict(env_prefix="SVC_OUTBOX_")
+
+    batch_size: int = Field(100, ge=1, le=10000)
+    """Rows claimed per transaction."""
+    claim_timeout_seconds: float = Field(60.0, gt=0)
+    """A claimed row no run settled is claimable again after this (a worker died mid-batch);
+    keep it well above the time one batch takes."""
+    max_attempts: int = Field(10, ge=1)
+    """After this many failed deliveries a message is ``dead``."""
+    retry_base_seconds: float = Field(2.0, ge=0)
+    retry_max_seconds: float = Field(600.0, ge=0)
+    run_budget_seconds: float = Field(20.0, gt=0)
+    """One run drains batches for at most about this long."""
+    stream: str = Field("outbox", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    """Messages go to the Redis stream ``<prefix>:outbox:<stream>``."""
+    stream_maxlen: int = Field(0, ge=0)
+    """Approximate cap of the stream; 0 keeps every entry."""
+    dedupe_seconds: float = Field(7 * 86400.0, gt=0)
+    """How long a delivered message id is remembered, so that a re-claimed message is never
+    added to the stream twice."""
+    http_url: str | None = None
+    """POST each message here instead of the Redis stream."""
+    http_timeout_seconds: float = Field(10.0, gt=0)
+    retention_seconds: float = Field(7 * 86400.0, ge=0)
+    """Sent messages older than this are deleted by ``expired_rows_cleanup``."""
 
     def backoff_seconds(self, attempts: int) -> float:
         """Exponential backoff after the ``attempts``-th failure, capped, with jitter so that

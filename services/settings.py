@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from functools import lru_cache
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -41,6 +42,7 @@ _KEY_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.{}-]*\Z")
 # A host name or IP address; nothing a shell or an argument parser could read as more.
 _HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]+\Z")
 _HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 MIN_LEASE_SECONDS = 1.0
 
@@ -139,35 +141,6 @@ class Settings(BaseSettings):
     db_sqlite_busy_timeout_ms: int = Field(30000, ge=0)
     """SVC_DB_SQLITE_BUSY_TIMEOUT_MS: how long a SQLite writer queues for the write lock."""
 
-    # The outbox (services/SVC_OutboxDispatcher.py) and its cleanup; see docs/database.md.
-    outbox_stream: str = Field("outbox", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-    """SVC_OUTBOX_STREAM: messages go to the Redis stream ``<prefix>:outbox:<stream>``."""
-    outbox_stream_maxlen: int = Field(0, ge=0)
-    """SVC_OUTBOX_STREAM_MAXLEN: approximate cap of the stream; 0 keeps every entry."""
-    outbox_http_url: str | None = None
-    """SVC_OUTBOX_HTTP_URL: POST each message here instead of the Redis stream."""
-    outbox_http_timeout_seconds: float = Field(10.0, gt=0)
-    outbox_batch_size: int = Field(100, ge=1, le=10000)
-    """SVC_OUTBOX_BATCH_SIZE: rows claimed per transaction."""
-    outbox_claim_timeout_seconds: float = Field(60.0, gt=0)
-    """SVC_OUTBOX_CLAIM_TIMEOUT_SECONDS: a claimed row no run settled is claimable again after
-    this (a worker died mid-batch); keep it well above the time one batch takes."""
-    outbox_max_attempts: int = Field(10, ge=1)
-    """SVC_OUTBOX_MAX_ATTEMPTS: after this many failed deliveries a message is ``dead``."""
-    outbox_retry_base_seconds: float = Field(2.0, ge=0)
-    outbox_retry_max_seconds: float = Field(600.0, ge=0)
-    outbox_run_budget_seconds: float = Field(20.0, gt=0)
-    """SVC_OUTBOX_RUN_BUDGET_SECONDS: one run drains batches for at most about this long."""
-    outbox_dedupe_seconds: float = Field(7 * 86400.0, gt=0)
-    """SVC_OUTBOX_DEDUPE_SECONDS: how long a delivered message id is remembered, so that a
-    re-claimed message is never added to the stream twice."""
-    outbox_retention_seconds: float = Field(7 * 86400.0, ge=0)
-    """SVC_OUTBOX_RETENTION_SECONDS: sent messages older than this are deleted by
-    ``expired_rows_cleanup``."""
-    cleanup_batch_size: int = Field(1000, ge=1, le=100000)
-    """SVC_CLEANUP_BATCH_SIZE: rows deleted per (short) transaction."""
-    cleanup_run_budget_seconds: float = Field(20.0, gt=0)
-
     @field_validator("key_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
@@ -249,11 +222,19 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Build settings from the environment, turning pydantic's error into one that names the
+class ComponentSettings(BaseSettings):
+    """The base of a toolkit part's or an example service's own settings (the outbox's
+    ``SVC_OUTBOX_*``, the cleanup's ``SVC_CLEANUP_*``): read from the environment and ``.env``
+    like the framework's, with the prefix the subclass gives; built with ``load``."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+
+def load(kind: type[SettingsT], **overrides: object) -> SettingsT:
+    """Build ``kind`` from the environment, turning pydantic's error into one that names the
     environment variable and what was expected."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return kind(**overrides)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -262,14 +243,20 @@ def load_settings(**overrides: object) -> Settings:
                 problems.append(str(err["msg"]).removeprefix("Value error, "))
                 continue
             message = str(err["msg"]).removeprefix("Value error, ")
-            problems.append(f"{_env_name(field)}={err.get('input')!r}: {message}")
+            problems.append(f"{_env_name(kind, field)}={err.get('input')!r}: {message}")
         raise ServiceConfigError("invalid setting: " + "; ".join(problems)) from None
 
 
-def _env_name(field: str) -> str:
-    info = Settings.model_fields.get(field)
+def load_settings(**overrides: object) -> Settings:
+    """The framework's settings from the environment (see ``load``)."""
+    return load(Settings, **overrides)
+
+
+def _env_name(kind: type[BaseSettings], field: str) -> str:
+    info = kind.model_fields.get(field)
     alias = info.validation_alias if info else None
-    return alias if isinstance(alias, str) else f"SVC_{field.upper()}"
+    prefix = kind.model_config.get("env_prefix") or ""
+    return alias if isinstance(alias, str) else f"{prefix}{field}".upper()
 
 
 @lru_cache(maxsize=1)

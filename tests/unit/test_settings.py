@@ -134,3 +134,19 @@ def test_store_from_settings_reports_the_redacted_url(clean_env: pytest.MonkeyPa
         store.ping()
     assert "topsecret" not in str(info.value)
     assert "redis://svc:***@127.0.0.1:1/0" in str(info.value)
+
+
+def test_an_example_services_own_settings_name_their_variable(monkeypatch) -> None:
+    """The outbox's and the cleanup's settings are classes of their own (SVC_OUTBOX_*,
+    SVC_CLEANUP_*), with the same one-line errors as the framework's."""
+    from services.outbox import OutboxOptions
+    from services.settings import load
+    from services.SVC_ExpiredRowsCleanup import CleanupSettings
+
+    monkeypatch.setenv("SVC_OUTBOX_BATCH_SIZE", "7")
+    monkeypatch.setenv("SVC_OUTBOX_DISPATCHER_INTERVAL_SECONDS", "0.5")  # the service's own
+    assert load(OutboxOptions).batch_size == 7
+    monkeypatch.setenv("SVC_CLEANUP_BATCH_SIZE", "lots")
+    expected = r"^invalid setting: SVC_CLEANUP_BATCH_SIZE='lots'"
+    with pytest.raises(ServiceConfigError, match=expected):
+        load(CleanupSettings)
