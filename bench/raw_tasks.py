@@ -6,9 +6,10 @@ exactly what the no-op service's ``update()`` does.
 
 With ``BENCH_BREAKDOWN=1`` (``overhead.py --breakdown``) this module also times, in every
 worker process, ``ProcessRuntime.run`` (the whole wrapper inside the task body) and the
-guard and finish calls of the run path (``services.runs.RunLedger``) (wall clock, and CPU of the calling thread), so
-the bench can split the wrapper's cost per run without a profiler's distortion. It costs a
-few microseconds per run, so the reference figures are taken without it.
+guard and finish calls of the run path, ``services.runs.RunLedger`` (wall clock, and CPU of
+the calling thread), so the bench can split the wrapper's cost per run without a
+profiler's distortion. It costs a few microseconds per run, so the reference figures are
+taken without it.
 """
 
 from __future__ import annotations
