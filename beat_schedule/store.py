@@ -19,6 +19,7 @@ from redis.exceptions import WatchError
 
 from services.errors import ServiceConfigError
 from services.keys import validate_name
+from services.redis_client import scored, text, text_map
 from services.schedule import OVERRIDE_FIELDS, Schedule, ScheduleError, effective, from_registration
 from services.state import StateStore
 
@@ -71,7 +72,7 @@ class ScheduleStore:
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         with self.state.reaching():
-            raw = self.client.hgetall(self.keys.schedules())
+            raw = text_map(self.client.hgetall(self.keys.schedules()))
         return {name: parsed for name, text in raw.items()
                 if (parsed := _json_object(self.keys.schedules(), name, text)) is not None}
 
@@ -82,7 +83,7 @@ class ScheduleStore:
     def due_times(self) -> dict[str, int]:
         """name -> next due time (ms) as the leader Beat keeps it: the true next tick."""
         with self.state.reaching():
-            rows = self.client.zrange(self.keys.due(), 0, -1, withscores=True)
+            rows = scored(self.client.zrange(self.keys.due(), 0, -1, withscores=True))
         return {name: int(score) for name, score in rows}
 
     def due_time(self, name: str) -> int | None:
@@ -92,18 +93,18 @@ class ScheduleStore:
 
     def version(self) -> str:
         with self.state.reaching():
-            return str(self.client.get(self.keys.schedule_version()) or "0")
+            return text(self.client.get(self.keys.schedule_version())) or "0"
 
     def beat_stats(self) -> dict[str, str]:
         """The leader Beat's numbers: ``leader``, ``ticks_sent``, ``lateness_p50``,
         ``lateness_p99``, ``lateness_max`` (seconds, over the last minute), ``updated_at``."""
         with self.state.reaching():
-            return dict(self.client.hgetall(self.keys.beat_stats()))
+            return text_map(self.client.hgetall(self.keys.beat_stats()))
 
     def leader(self) -> str:
         """The leader Beat's lease value (``<fence> <host:pid:nonce>``), '' when none."""
         with self.state.reaching():
-            return str(self.client.get(self.keys.beat_leader()) or "")
+            return text(self.client.get(self.keys.beat_leader())) or ""
 
     # -- live changes ----------------------------------------------------------------------
 
@@ -165,8 +166,8 @@ class ScheduleStore:
             raise ServiceConfigError(str(exc)) from None
         # One service's entries, not the whole index and every override.
         with self.state.reaching():
-            registered = self.client.hget(self.keys.index(), name)
-            override = self.client.hget(self.keys.schedules(), name)
+            registered = text(self.client.hget(self.keys.index(), name))
+            override = text(self.client.hget(self.keys.schedules(), name))
         registration = _json_object(self.keys.index(), name, registered) if registered else None
         if registration is None:
             raise ServiceConfigError(

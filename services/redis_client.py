@@ -1,9 +1,12 @@
-"""The Redis client the state store uses: how it is made, and how its errors become the
-framework's own (``StateUnavailableError``, ``StateCorruptError``) with the password hidden."""
+"""The Redis client the state store uses: how it is made, how its errors become the
+framework's own (``StateUnavailableError``, ``StateCorruptError``) with the password hidden,
+and its replies as the text they are."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from types import TracebackType
+from typing import Any, Literal
 
 import redis
 from redis import Redis
@@ -42,7 +45,7 @@ class RedisErrors:
         return None
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+                 tb: TracebackType | None) -> Literal[False]:
         if exc_type is None:
             return False
         if issubclass(exc_type, (redis.ConnectionError, redis.TimeoutError)):
@@ -63,3 +66,36 @@ class RedisErrors:
                 f"a state key under {self.prefix}: holds the wrong Redis type "
                 f"({exc}); expected the documented layout (see services/keys.py)") from exc
         return False
+
+
+# Replies as text. redis-py types every reply ``bytes | str`` whatever the client; ours are
+# made with decode_responses=True (connect_redis), so they are ``str`` already and these only
+# say so. A client made without it (passed to a StateStore by hand) still gets text: its
+# bytes are decoded as that option would have, and bytes that are not UTF-8 raise
+# UnicodeDecodeError, which RedisErrors reports as a corrupt key.
+
+
+def text(reply: bytes | str | None) -> str | None:
+    """One reply (GET, HGET) as text; None stays None (no such key or field)."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
+def text_list(reply: Iterable[bytes | str]) -> list[str]:
+    """A list reply (LRANGE) as text."""
+    return [item.decode() if isinstance(item, bytes) else item for item in reply]
+
+
+def text_map(reply: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    """A hash (HGETALL) as text."""
+    return {_str(field): _str(value) for field, value in reply.items()}
+
+
+def scored(reply: Iterable[Any]) -> list[tuple[str, float]]:
+    """A sorted-set range read ``withscores=True`` (ZRANGE, ZRANGEBYSCORE): (member, score)
+    pairs. redis-py types such a reply as either plain members or pairs, as it cannot tell
+    from ``withscores``; with it, every item is a pair."""
+    return [(_str(member), float(score)) for member, score in reply]
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -275,14 +275,14 @@ def effective(base: Schedule, override: Mapping[str, Any] | None) -> Schedule:
 def from_registration(registration: Mapping[str, Any]) -> Schedule:
     """The code-and-environment schedule a worker registered (``ServiceConfig.as_dict``)."""
     cron = registration.get("cron")
+    window = registration.get("catchup_window_seconds")
     return Schedule(
         every_seconds=None if cron else float(registration["interval_seconds"]),
         cron=cron or None,
         timezone=registration.get("timezone") or DEFAULT_TIMEZONE,
         jitter_seconds=float(registration.get("jitter_seconds") or 0.0),
         catchup=registration.get("catchup") or DEFAULT_CATCHUP,
-        catchup_window_seconds=float(registration.get("catchup_window_seconds")
-                                     if registration.get("catchup_window_seconds") is not None
+        catchup_window_seconds=float(window if window is not None
                                      else DEFAULT_CATCHUP_WINDOW_SECONDS))
 
 

@@ -29,7 +29,7 @@ from services.fields import (
     parse_number,
 )
 from services.keys import Keys, validate_name
-from services.redis_client import RedisErrors, connect_redis
+from services.redis_client import RedisErrors, connect_redis, scored, text, text_list, text_map
 from services.runs import RunLedger, worker_identity
 from services.scripts import Scripts
 from services.settings import Settings, get_settings, redact_url
@@ -112,7 +112,7 @@ class StateStore:
             now_s, _ = self.client.time()
             self.client.hsetnx(key, "id", durability.new_epoch_id())
             self.client.hsetnx(key, "created_at", now_s * 1000)
-            epoch = self.client.hget(key, "id") or ""
+            epoch = text(self.client.hget(key, "id")) or ""
         self.memory.epoch = epoch
         return epoch
 
@@ -121,7 +121,7 @@ class StateStore:
         services nobody restored are no longer held. Returns the epoch hash as it was."""
         key = self.keys.epoch()
         with self.reaching():
-            before = self.client.hgetall(key)
+            before = text_map(self.client.hgetall(key))
             if before.get("lost_at"):
                 with self.client.pipeline() as pipe:  # MULTI: all of it or nothing
                     pipe.hset(key, mapping={"last_lost_at": before["lost_at"],
@@ -133,7 +133,7 @@ class StateStore:
     def epoch_info(self) -> dict[str, str]:
         """The store's epoch hash: ``id``, ``created_at`` and, after a loss, ``lost_at``..."""
         with self.reaching():
-            return self.client.hgetall(self.keys.epoch())
+            return text_map(self.client.hgetall(self.keys.epoch()))
 
     # -- operator actions -------------------------------------------------------------------
 
@@ -145,7 +145,8 @@ class StateStore:
                 keys=[self.keys.state(name), self.keys.audit(name)],
                 args=[action, who, reason, self.audit_length],
             )
-        return json.loads(entry)
+        parsed: dict[str, Any] = json.loads(entry)  # the script's JSON object, as written
+        return parsed
 
     def set_failures(self, name: str, failures: int) -> None:
         """Set the failure count; 0 also ends a backoff."""
@@ -158,7 +159,7 @@ class StateStore:
 
     def failures(self, name: str) -> int:
         with self.reaching():
-            raw = self.client.hget(self.keys.state(name), FAILURES)
+            raw = text(self.client.hget(self.keys.state(name), FAILURES))
         value = parse_number(raw) if raw else 0.0
         if value is None:
             logger.error("%s field failures=%r is not a number; treating it as 0",
@@ -170,7 +171,7 @@ class StateStore:
 
     def read(self, name: str) -> ServiceState:
         with self.reaching():
-            raw = self.client.hgetall(self.keys.state(name))
+            raw = text_map(self.client.hgetall(self.keys.state(name)))
         state = ServiceState.from_hash(name, raw)
         if state.corrupt:
             logger.error(
@@ -186,7 +187,7 @@ class StateStore:
             raise ValueError(f"flag {flag!r}: expected {RUNNING!r} or {PAUSED!r}")
         default = flag == RUNNING
         with self.reaching():
-            raw = self.client.hget(self.keys.state(name), flag)
+            raw = text(self.client.hget(self.keys.state(name), flag))
         parsed = parse_flag(raw, default)
         if parsed is None:
             logger.error("%s field %s=%r is not a flag (expected 1 or 0); treating it as %s",
@@ -197,20 +198,20 @@ class StateStore:
 
     def history(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         with self.reaching():
-            rows = self.client.lrange(self.keys.history(name), 0, max(limit, 1) - 1)
+            rows = text_list(self.client.lrange(self.keys.history(name), 0, max(limit, 1) - 1))
         return _json_rows(rows, self.keys.history(name))
 
     def audit(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         with self.reaching():
-            rows = self.client.lrange(self.keys.audit(name), 0, max(limit, 1) - 1)
+            rows = text_list(self.client.lrange(self.keys.audit(name), 0, max(limit, 1) - 1))
         return _json_rows(rows, self.keys.audit(name))
 
     def lease_holders(self, name: str) -> list[tuple[str, float]]:
         """``(token, expires_at)`` for every lease still held."""
         with self.reaching():
             now_s, now_us = self.client.time()
-            rows = self.client.zrangebyscore(
-                self.keys.lease(name), now_s * 1000 + now_us // 1000, "+inf", withscores=True)
+            rows = scored(self.client.zrangebyscore(
+                self.keys.lease(name), now_s * 1000 + now_us // 1000, "+inf", withscores=True))
         return [(token, score / 1000) for token, score in rows]
 
     def ping(self) -> None:
@@ -241,11 +242,11 @@ class StateStore:
 
     def registered(self) -> dict[str, dict[str, Any]]:
         with self.reaching():
-            raw = self.client.hgetall(self.keys.index())
-        found = {}
-        for name, text in raw.items():
+            raw = text_map(self.client.hgetall(self.keys.index()))
+        found: dict[str, dict[str, Any]] = {}
+        for name, entry in raw.items():
             try:
-                found[name] = json.loads(text)
+                found[name] = json.loads(entry)
             except ValueError:
                 logger.error("%s holds unreadable JSON for %r; ignoring it",
                              self.keys.index(), name)
