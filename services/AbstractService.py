@@ -10,7 +10,7 @@ import asyncio
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, overload
 
 from services import SYSTEM_ID, logs
 from services.config import resolve_config
@@ -27,6 +27,43 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("services.AbstractService")
 
+_Declared = TypeVar("_Declared")
+_Resolved = TypeVar("_Resolved")
+
+
+class ResolvedSetting(Generic[_Declared, _Resolved]):
+    """A class attribute a service may set, which ``__init__`` resolves per instance.
+
+    On the class it reads as declared, None meaning "work it out" (``name``: from the file
+    name; ``timeout_seconds``: from the interval), which is what ``services.config`` reads.
+    On an instance it reads as resolved, never None, which is what the runner needs. A
+    subclass that sets it (``name = "foo"``) puts a plain value in this descriptor's place,
+    and its instances still read what ``__init__`` stored in their own ``__dict__``."""
+
+    def __init__(self, declared: _Declared) -> None:
+        self.declared = declared
+        self.attr = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _Declared: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> _Resolved: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> _Declared | _Resolved:
+        if obj is None:
+            return self.declared
+        # Before __init__ resolved it (a subclass's __init__ reading it first): the declared
+        # value, as a plain class attribute would give.
+        value: _Declared | _Resolved = obj.__dict__.get(self.attr, self.declared)
+        return value
+
+    def __set__(self, obj: object, value: _Resolved) -> None:
+        obj.__dict__[self.attr] = value
+
 
 class AbstractService(ABC):
     """A long-running background service: ``update()`` every ``interval_seconds``.
@@ -35,14 +72,14 @@ class AbstractService(ABC):
     (``SVC_<NAME>_INTERVAL_SECONDS`` ...) overrides both.
     """
 
-    name: ClassVar[str | None] = None
+    name: ResolvedSetting[str | None, str] = ResolvedSetting(None)
     """The service's name; default: ``SVC_<Name>.py``'s ``<Name>`` in snake case."""
     interval_seconds: float = 60.0
     max_failures: int = 3
     retry_delay_seconds: float = 30.0
     max_concurrent_runs: int = 1
     """How many runs may be in progress at once across the cluster."""
-    timeout_seconds: float | None = None
+    timeout_seconds: ResolvedSetting[float | None, float] = ResolvedSetting(None)
     """A run's time limit; past it ``update()`` is cancelled and the run counts as a failure
     (outcome ``timeout``). Default: 300 s, or ``interval_seconds`` when that is longer."""
     stop_cooldown_seconds: float = 0.0
@@ -85,7 +122,7 @@ class AbstractService(ABC):
             "retry_delay_seconds": retry_delay_seconds,
             "max_concurrent_runs": max_concurrent_runs}, environ, name)
         self.config = config
-        self.name = config.name  # type: ignore[misc]
+        self.name = config.name
         self.interval_seconds = config.interval_seconds
         self.max_failures = config.max_failures
         self.retry_delay_seconds = config.retry_delay_seconds

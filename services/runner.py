@@ -66,7 +66,9 @@ class RunContext:
 
 
 class Runnable(Protocol):
-    """What the runner reads and calls of a service (``AbstractService`` is one)."""
+    """What the runner reads and calls of a service (``AbstractService`` is one). Read-only
+    properties, as the runner never sets them: a service class may then give a number as an
+    int (``timeout_seconds = 10``)."""
 
     @property
     def name(self) -> str: ...
@@ -74,12 +76,23 @@ class Runnable(Protocol):
     @property
     def state(self) -> StateStore: ...
 
-    interval_seconds: float
-    max_failures: int
-    retry_delay_seconds: float
-    max_concurrent_runs: int
-    timeout_seconds: float
-    stop_cooldown_seconds: float
+    @property
+    def interval_seconds(self) -> float: ...
+
+    @property
+    def max_failures(self) -> int: ...
+
+    @property
+    def retry_delay_seconds(self) -> float: ...
+
+    @property
+    def max_concurrent_runs(self) -> int: ...
+
+    @property
+    def timeout_seconds(self) -> float: ...
+
+    @property
+    def stop_cooldown_seconds(self) -> float: ...
 
     async def update(self) -> None: ...
 
