@@ -21,8 +21,8 @@ from sqlalchemy import ColumnElement, Table, bindparam
 from services.AbstractService import AbstractService
 from services.db import require_tables
 from services.locking import delete_rows
-from services.models import SENT, OutboxMessage, status_is, utcnow
-from services.outbox import OutboxOptions
+from services.models import SENT, status_is, utcnow
+from services.outbox import OUTBOX, OutboxOptions
 from services.settings import ComponentSettings, load
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class ExpiredRowsCleanup(AbstractService):
                     self.batch_size, ", ".join(t.label for t in self.targets()))
 
     def targets(self) -> list[CleanupTarget]:
-        outbox = OutboxMessage.__table__
+        outbox = OUTBOX
         return [CleanupTarget(
             "sent outbox messages", outbox,
             status_is(outbox.c.status, SENT) & (outbox.c.sent_at < bindparam("cutoff")),

@@ -41,6 +41,7 @@ from services.models import (
     DEAD,
     PENDING,
     SENT,
+    Base,
     OutboxMessage,
     new_message_id,
     status_is,
@@ -50,7 +51,9 @@ from services.settings import ComponentSettings, redact_url
 
 logger = logging.getLogger(__name__)
 
-OUTBOX = OutboxMessage.__table__
+# The table: the metadata's entry, which SQLAlchemy types as a Table (OutboxMessage.__table__,
+# the same object, is typed as any FromClause).
+OUTBOX = Base.metadata.tables[OutboxMessage.__tablename__]
 
 
 class OutboxOptions(ComponentSettings):
@@ -86,7 +89,7 @@ class OutboxOptions(ComponentSettings):
     def backoff_seconds(self, attempts: int) -> float:
         """Exponential backoff after the ``attempts``-th failure, capped, with jitter so that
         messages that failed together do not all come back together."""
-        delay = min(self.retry_max_seconds, self.retry_base_seconds * 2 ** max(attempts - 1, 0))
+        delay = min(self.retry_max_seconds, self.retry_base_seconds * 2.0 ** max(attempts - 1, 0))
         return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
 
 

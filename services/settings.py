@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -230,9 +230,10 @@ class ComponentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
 
-def load(kind: type[SettingsT], **overrides: object) -> SettingsT:
+def load(kind: type[SettingsT], **overrides: Any) -> SettingsT:
     """Build ``kind`` from the environment, turning pydantic's error into one that names the
-    environment variable and what was expected."""
+    environment variable and what was expected. ``overrides``: field values, any type, as
+    pydantic validates them."""
     try:
         return kind(**overrides)
     except ValidationError as exc:
