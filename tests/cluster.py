@@ -16,6 +16,7 @@ from pathlib import Path
 
 from services.keys import Keys
 from services.state import StateStore, connect_redis
+from tests import needs
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,6 +99,7 @@ class Cluster:
         return env
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        needs.require("celery", f"starts a Celery process ({name})")
         log = self.workdir / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(

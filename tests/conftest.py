@@ -12,8 +12,23 @@ import redis
 
 from services.keys import Keys
 from services.state import StateStore
+from tests import needs
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with what it needs (tests/needs.py), so ``-m`` can select by need."""
+    for item in items:
+        for marker in needs.markers_for(set(getattr(item, "fixturenames", ())), str(item.path)):
+            item.add_marker(marker)
+
+
+@pytest.fixture(autouse=True)
+def _declared_needs(request: pytest.FixtureRequest) -> Iterator[None]:
+    needs.declared = frozenset(marker.name for marker in request.node.iter_markers())
+    yield
+    needs.declared = frozenset()
 
 
 @pytest.fixture(scope="session")
