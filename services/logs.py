@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 _service: ContextVar[str] = ContextVar("svc_service", default="-")
 _run_id: ContextVar[str] = ContextVar("svc_run_id", default="-")
+LogContext = tuple[Token[str], Token[str]]
+"""What :func:`enter` returns and :func:`leave` takes back."""
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(service)s %(run_id)s] %(name)s: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(service)s %(run_id)s %(message)s"
@@ -30,16 +32,16 @@ def bound(service: str, run_id: str = "-") -> Iterator[None]:
         _service.reset(service_token)
 
 
-def enter(service: str, run_id: str = "-") -> tuple[object, object]:
+def enter(service: str, run_id: str = "-") -> LogContext:
     """``bound`` for callers that cannot use a ``with`` block (Celery's prerun/postrun
     signals); hand the result to :func:`leave`."""
     return _service.set(service), _run_id.set(run_id)
 
 
-def leave(tokens: tuple[object, object]) -> None:
+def leave(tokens: LogContext) -> None:
     service_token, run_token = tokens
-    _run_id.reset(run_token)  # type: ignore[arg-type]
-    _service.reset(service_token)  # type: ignore[arg-type]
+    _run_id.reset(run_token)
+    _service.reset(service_token)
 
 
 def note_run_id(run_id: str) -> None:
