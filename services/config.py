@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from services.errors import ServiceConfigError
@@ -73,6 +73,9 @@ class ServiceConfig:
     overdue_after_seconds: float | None = None
     """Health: how long without a successful run is ``overdue`` (None: the default of
     services.health.overdue_deadline)."""
+    duration_histogram: bool = False
+    """Metrics: export the run-duration histogram's buckets (16 series); without it, only the
+    mean (``svc_run_seconds``: a ``_sum``/``_count`` pair)."""
 
     @property
     def schedule(self) -> Schedule:
@@ -89,9 +92,11 @@ class ServiceConfig:
         return tick_gap(self.interval_seconds)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a plain value: asdict's deep copy would only cost time.
+        return {name: getattr(self, name) for name in _FIELDS}
 
 
+_FIELDS = tuple(f.name for f in fields(ServiceConfig))
 # field -> (type, lowest allowed, whether the lowest is allowed, what was expected)
 _RULES: dict[str, tuple[type, float, bool, str]] = {
     "interval_seconds": (float, MIN_INTERVAL_SECONDS, True,
@@ -145,7 +150,8 @@ def resolve_config(
     checked = {field: None if raw is None and field in _OPTIONAL
                else _check(name, field, raw, source) for field, (raw, source) in values.items()}
     queue = (explicit or {}).get("queue") or getattr(cls, "queue", None)
-    config = ServiceConfig(name=name, queue=queue, **checked, **_schedule_text(cls, name, environ))
+    config = ServiceConfig(name=name, queue=queue, **checked, **_schedule_text(cls, name, environ),
+                           duration_histogram=_switch(cls, name, "duration_histogram", environ))
     try:
         config.schedule  # noqa: B018  # the fields together (a jitter longer than the period)
     except ScheduleError as exc:
@@ -173,6 +179,29 @@ def _schedule_text(cls: type, name: str, environ: Mapping[str, str] | None) -> d
             raise ServiceConfigError(f"service {name!r}: {exc} (from {source})") from None
     return {"cron": found["cron"][0], "timezone": found["timezone"][0] or DEFAULT_TIMEZONE,
             "catchup": found["catchup"][0] or DEFAULT_CATCHUP}
+
+
+_ON = frozenset({"1", "true", "yes", "on"})
+_OFF = frozenset({"0", "false", "no", "off", ""})
+
+
+def _switch(cls: type, name: str, field: str, environ: Mapping[str, str] | None) -> bool:
+    """A yes/no setting: the class attribute, then ``SVC_<NAME>_<FIELD>`` (1/0, true/false,
+    yes/no, on/off)."""
+    value: Any = getattr(cls, field, False)
+    source = f"{cls.__qualname__}.{field}"
+    env = service_overrides(name, environ)
+    if field in env:
+        source, text = env[field]
+        lowered = text.strip().lower()
+        if lowered not in _ON | _OFF:
+            raise ServiceConfigError(f"service {name!r}: {field} must be one of 1/0, "
+                                     f"true/false, yes/no, on/off, got {text!r} (from {source})")
+        value = lowered in _ON
+    if not isinstance(value, bool):
+        raise ServiceConfigError(f"service {name!r}: {field} must be True or False, got "
+                                 f"{value!r} (from {source})")
+    return value
 
 
 def _check(name: str, field: str, raw: Any, source: str) -> float | int:

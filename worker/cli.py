@@ -31,7 +31,6 @@ from worker.cli_health import health, workers
 from worker.cli_schedule import forget, schedule
 from worker.cli_web import web
 from worker.ops import Operator, actor, check_reason
-from worker.ops_schedule import read_beat
 
 app = typer.Typer(
     name="svc", cls=OneLineGroup, no_args_is_help=True, add_completion=False,
@@ -105,7 +104,7 @@ def list_services(
 ) -> None:
     """Every service at a glance: state, failures, next tick, last run, schedule, last
     success, lease; as many columns as the terminal's width (or COLUMNS) holds."""
-    show_services(operator(ctx), as_json, detailed=False, wide=wide)
+    cli_list.show_services(operator(ctx), as_json, detailed=False, wide=wide)
 
 
 @app.command()
@@ -124,34 +123,19 @@ def status(
     every service, also the leader Beat and how late its ticks go out."""
     op = operator(ctx)
     if name is None:
-        show_services(op, as_json, detailed=True)
+        cli_list.show_services(op, as_json, detailed=True)
         return
     (name,) = op.resolve([name])
+    op.load_code()  # one service in full: whether this machine's code has it too
     _, (found,) = op.statuses([name])
     audit = op.audit(name, rows)
     history = op.history(name, rows)
     if as_json:
         render.emit_json({"service": found.as_json(), "audit": audit, "history": history,
-                          "registry_errors": op.registry.errors,
+                          "registry_errors": op.registry_errors,
                           "index_errors": op.index_errors})
     else:
-        render.print_detail(found, audit, history, op.registry.errors, op.index_errors)
-
-
-def show_services(op: Operator, as_json: bool, detailed: bool, wide: bool = False) -> None:
-    now, found = op.statuses(op.known())
-    beat = read_beat(op.store) if detailed else None
-    if as_json:
-        loss = next((s.loss for s in found if s.loss is not None), None)
-        render.emit_json({"now": now, "services": [s.as_json() for s in found],
-                          "state_lost": loss.as_json() if loss else None,
-                          "registry_errors": op.registry.errors,
-                          "index_errors": op.index_errors,
-                          **({"beat": beat.as_json()} if beat is not None else {})})
-    elif detailed:
-        render.print_details(found, op.registry.errors, op.index_errors, beat)
-    else:
-        cli_list.print_services(found, op.registry.errors, op.index_errors, wide=wide)
+        render.print_detail(found, audit, history, op.registry_errors, op.index_errors)
 
 
 @app.command()

@@ -10,13 +10,14 @@ escapes control characters itself.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from rich.console import Console
@@ -40,8 +41,11 @@ UNSAFE_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u20
 def visible(value: object) -> str:
     """``value`` as text with every control character replaced by its escape (``\\x1b``,
     ``\\r``, ``\\u202e``), so that it is read, not obeyed, by the terminal."""
+    text = str(value)
+    if text.isascii() and text.isprintable():  # the usual case, without the regex
+        return text
     return UNSAFE_CHARACTERS.sub(
-        lambda found: found.group().encode("unicode_escape").decode("ascii"), str(value))
+        lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def cell(value: object, style: str = "") -> Text:
@@ -77,16 +81,24 @@ def when(ts: object, now: float, short: bool = False) -> str:
     if not math.isfinite(ts):
         return f"{ts} (not a time)"
     try:
-        moment = datetime.fromtimestamp(ts).astimezone()
+        # Local time, naive: the same clock and date as .astimezone() would give, at a
+        # fraction of the cost (60,000 of these in a listing of 10,000 services).
+        moment = datetime.fromtimestamp(ts)
     except (OverflowError, OSError, ValueError):  # past year 9999 or before year 1
         return f"{ts:g} ({'far future' if ts > now else 'far past'})"
     delta = ts - now
     relative = f"in {span(delta)}" if delta > 0 else f"{span(-delta)} ago"
     if short:
         return relative
-    today = datetime.fromtimestamp(now).astimezone().date()
-    clock = moment.strftime("%H:%M:%S" if moment.date() == today else "%Y-%m-%d %H:%M:%S")
+    clock = moment.strftime("%H:%M:%S" if moment.date() == _today(now) else
+                            "%Y-%m-%d %H:%M:%S")
     return f"{clock} ({relative})"
+
+
+@functools.lru_cache(maxsize=4)
+def _today(now: float) -> date:
+    """The local date at ``now``: one snapshot's rows share it (10,000 per listing)."""
+    return datetime.fromtimestamp(now).date()
 
 
 def span(seconds: float) -> str:

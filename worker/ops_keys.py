@@ -8,14 +8,16 @@ database, a botched restore), so nothing here trusts a value's type or shape.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import pkgutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from services.config import ServiceConfig
+from services.config import ServiceConfig, snake_case
 from services.errors import StateCorruptError
 from services.keys import NAME_PATTERN, Keys
 from services.state import StateStore
@@ -90,14 +92,22 @@ class Index:
     entries: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     """name -> settings as written, or None when the entry is not a JSON object."""
     errors: list[str] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
+    """name -> the entry's text as Redis holds it (a later read parses only what changed)."""
 
 
-def read_index(store: StateStore) -> Index:
+def read_index(store: StateStore, previous: Index | None = None) -> Index:
+    """The index, each entry parsed; an entry whose text is as in ``previous`` (a long-running
+    reader's last read) is taken from there, not parsed again."""
     key = store.keys.index()
     with naming(store, {key: "index"}), store.reaching():
         raw = store.client.hgetall(key)
-    index = Index()
+    index = Index(texts=raw)
+    known = previous.texts if previous is not None else {}
     for name, text in sorted(raw.items()):
+        if known.get(name) == text and previous is not None and name in previous.entries:
+            index.entries[name] = previous.entries[name]
+            continue
         if not NAME_PATTERN.match(name):
             # No worker writes such a name (the registry refuses it), and it could reach
             # other keys: leave it out, but say so.
@@ -135,13 +145,21 @@ def config_from_entry(name: str, entry: dict[str, Any] | None) -> tuple[ServiceC
         if isinstance(value, bool) or not isinstance(value, int | float) or \
                 not math.isfinite(value):
             return None, f"{name!r} has {key}={value!r}, expected a number"
+    return (None, problem) if (problem := _other_problem(name, config)) else (config, None)
+
+
+def _other_problem(name: str, config: ServiceConfig) -> str | None:
+    """What is wrong with an entry's fields other than the plain numbers, if anything."""
     overdue = config.overdue_after_seconds
     if overdue is not None and (isinstance(overdue, bool) or not isinstance(overdue, int | float)
                                 or not math.isfinite(overdue) or overdue <= 0):
-        return None, f"{name!r} has overdue_after_seconds={overdue!r}, expected a number > 0"
+        return f"{name!r} has overdue_after_seconds={overdue!r}, expected a number > 0"
+    if not isinstance(config.duration_histogram, bool):
+        return f"{name!r} has duration_histogram={config.duration_histogram!r}, expected true " \
+            "or false"
     if not isinstance(config.name, str) or not isinstance(config.queue, str | None):
-        return None, f"{name!r} has a name or queue that is not text"
-    return config, None
+        return f"{name!r} has a name or queue that is not text"
+    return None
 
 
 def json_object(text: str) -> dict[str, Any] | None:
@@ -151,3 +169,32 @@ def json_object(text: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def svc_modules(package: str) -> list[str] | None:
+    """The ``SVC_*`` module names in ``package``, without importing them (only the package
+    itself); None when the package cannot be imported."""
+    try:
+        paths = getattr(importlib.import_module(package), "__path__", None)
+    except Exception:  # discovery imports it again and reports why
+        return None
+    if paths is None:
+        return None
+    return [info.name for info in pkgutil.iter_modules(paths)
+            if info.name.startswith("SVC_") and not info.ispkg]
+
+
+def code_adds_names(packages: list[str], allowlist: list[str], registered: set[str]) -> bool:
+    """Whether this machine's code visibly holds a service the index lacks: an
+    ``SVC_SERVICES`` name (``allowlist``), or an ``SVC_<Name>.py`` whose name (snake case, as
+    :func:`services.config.service_name_for` derives it) no worker registered. Found from the
+    file names, without importing them; a package that does not import counts (discovery
+    then says why)."""
+    if allowlist:
+        return not set(allowlist) <= registered
+    for package in packages:
+        modules = svc_modules(package)
+        if modules is None or any(snake_case(module[4:]) not in registered
+                                  for module in modules):
+            return True
+    return False

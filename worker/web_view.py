@@ -202,7 +202,7 @@ def read_list(op: Operator) -> dict[str, Any]:
     return {"rows": [service_row(s) for s in statuses],
             "processes": process_rows(liveness, now), "beat": beat, "beat_leads": leads,
             "loss": loss_text(statuses),
-            "notes": [visible(e) for e in (*op.registry.errors, *op.index_errors)]}
+            "notes": [visible(e) for e in (*op.registry_errors, *op.index_errors)]}
 
 
 def read_service(op: Operator, name: str, rows: int) -> dict[str, Any]:

@@ -116,7 +116,10 @@ def test_metrics_follow_runs_pauses_and_failures(make_cluster, svc_for, processe
 @pytest.mark.celery
 def test_runs_total_and_duration_histogram(make_cluster, svc_for, processes,
                                            tmp_path: Path) -> None:
-    cluster = make_cluster(["ticker", "failing", "slow"], env={"SLOW_SECONDS": "0.3"})
+    # The histogram is opt-in per service: these three ask for it (as the workers register).
+    cluster = make_cluster(["ticker", "failing", "slow"], env={
+        "SLOW_SECONDS": "0.3", **{f"SVC_{name.upper()}_DURATION_HISTOGRAM": "1"
+                                  for name in ("ticker", "failing", "slow")}})
     cluster.worker("w1", concurrency=2)
     url = start_metrics(svc_for(cluster), processes, tmp_path)
     cluster.beat()
