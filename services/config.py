@@ -98,7 +98,7 @@ class ServiceConfig:
 
 _FIELDS = tuple(f.name for f in fields(ServiceConfig))
 # field -> (type, lowest allowed, whether the lowest is allowed, what was expected)
-_RULES: dict[str, tuple[type, float, bool, str]] = {
+_RULES: dict[str, tuple[type[float] | type[int], float, bool, str]] = {
     "interval_seconds": (float, MIN_INTERVAL_SECONDS, True,
                          f"a number >= {MIN_INTERVAL_SECONDS:g} and at most 1e9"),
     "max_failures": (int, 1, True, "a whole number >= 1"),
@@ -147,8 +147,10 @@ def resolve_config(
     if values["timeout_seconds"][0] is None:
         interval = _check(name, "interval_seconds", *values["interval_seconds"])
         values["timeout_seconds"] = (max(DEFAULT_TIMEOUT_SECONDS, interval), "the default")
-    checked = {field: None if raw is None and field in _OPTIONAL
-               else _check(name, field, raw, source) for field, (raw, source) in values.items()}
+    # By field name, as ServiceConfig takes them: each a number of the field's kind, or None.
+    checked: dict[str, Any] = {field: None if raw is None and field in _OPTIONAL
+                               else _check(name, field, raw, source)
+                               for field, (raw, source) in values.items()}
     queue = (explicit or {}).get("queue") or getattr(cls, "queue", None)
     config = ServiceConfig(name=name, queue=queue, **checked, **_schedule_text(cls, name, environ),
                            duration_histogram=_switch(cls, name, "duration_histogram", environ))
