@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, CursorResult, Result, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -213,6 +213,15 @@ def require_tables(session: Session, tables: Iterable[Table | str]) -> None:
             f"do{'' if len(missing) > 1 else 'es'} not exist in {describe_url(bind)}: "
             f"{MIGRATE_HINT}")
     _known_tables.update((os.getpid(), url, n) for n in todo)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE run by ``Session.execute`` matched. The session types
+    every result as ``Result``; a DML statement's is a ``CursorResult``, which counts them."""
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"expected an UPDATE's or DELETE's CursorResult, got "
+                        f"{type(result).__name__}")
+    return result.rowcount
 
 
 def dispose_engines() -> None:

@@ -34,6 +34,7 @@ from pydantic_settings import SettingsConfigDict
 from sqlalchemy import Row, bindparam, update
 from sqlalchemy.orm import Session
 
+from services.db import rowcount
 from services.errors import ServiceConfigError
 from services.keys import Keys
 from services.locking import Claim
@@ -251,7 +252,7 @@ class OutboxDispatch:
             done = session.execute(
                 update(OUTBOX).where(OUTBOX.c.id.in_(sent_ids) & mine)
                 .values(status=SENT, sent_at=now, last_error=None))
-            result.sent = done.rowcount  # type: ignore[attr-defined]
+            result.sent = rowcount(done)
             result.lost_claims += len(sent_ids) - result.sent
         for row in rows:
             error = outcome.get(row.id, "not delivered")
@@ -265,7 +266,7 @@ class OutboxDispatch:
                 values = {"available_at": retry_at, "last_error": error[:2000]}
             changed = session.execute(
                 update(OUTBOX).where((OUTBOX.c.id == row.id) & mine).values(values))
-            if not changed.rowcount:  # type: ignore[attr-defined]
+            if not rowcount(changed):
                 result.lost_claims += 1
             elif values.get("status") == DEAD:
                 result.dead += 1
