@@ -47,8 +47,9 @@ class Column:
     :data:`ALWAYS_SHOWN` lowest stay at any width. ``min_width``: the narrowest worth showing
     (its title, and its short form mostly whole). ``render(status, short)``: the cell, made
     by :func:`cell` (Redis's values are untrusted); ``short`` asks for the abbreviated form
-    (``3s ago`` for a time), used when the full one does not fit. ``max_width``: a long value
-    is cut there even when there is room (``svc status NAME`` shows it whole)."""
+    (``3s ago`` for a time), used when the full one does not fit, and never wider than it.
+    ``max_width``: a long value is cut there even when there is room (``svc status NAME``
+    shows it whole)."""
 
     title: str
     priority: int
@@ -132,16 +133,19 @@ def layout(statuses: Sequence[ServiceStatus], width: int | None,
            columns: Sequence[Column]) -> list[Placed]:
     """The columns that fit in ``width`` (None: every column, in full), in display order.
     Columns are kept by priority while their minimum widths fit; the room left goes, by
-    priority, first to the short forms, then to the full ones."""
-    placed = []
-    for column in columns:
-        full = [column.render(s, False) for s in statuses]
-        placed.append(Placed(column, full, full if column.one_form else
-                             [column.render(s, True) for s in statuses]))
-    if width is None:
+    priority, first to the short forms, then to the full ones. When every column fits in
+    full, that is the answer, and no short form is made (a short form is never wider than
+    its full one: a third of the cells at 10,000 services, saved)."""
+    placed = [Placed(column, full, full) for column in columns
+              for full in ([column.render(s, False) for s in statuses],)]
+    if width is None or sum(col.full_width for col in placed) + table_chrome(
+            len(placed)) <= width:
         for col in placed:
             col.width = col.full_width
         return placed
+    placed = [col if col.column.one_form else
+              Placed(col.column, col.full, [col.column.render(s, True) for s in statuses])
+              for col in placed]
     kept = keep_by_priority(placed, width)
     room = width - table_chrome(len(kept)) - sum(col.width for col in kept)
     by_priority = sorted(kept, key=lambda col: col.column.priority)
@@ -295,10 +299,10 @@ def emit_services_json(value: dict[str, Any]) -> None:
     line: Python's indenting encoder is pure Python, its compact one C, and at 10,000
     services the difference is seconds."""
     parts = []
+    compact = json.JSONEncoder(sort_keys=True, default=str).encode  # one encoder, not 10,000
     for key in sorted(value):
         if key == "services" and value[key]:
-            text = "[\n" + ",\n".join("    " + json.dumps(item, sort_keys=True, default=str)
-                                       for item in value[key]) + "\n  ]"
+            text = "[\n" + ",\n".join("    " + compact(item) for item in value[key]) + "\n  ]"
         else:  # indented one level deeper, as inside the whole
             text = json.dumps(value[key], indent=2, sort_keys=True,
                               default=str).replace("\n", "\n  ")

@@ -28,8 +28,11 @@ PREFIX = "svc"
 
 def number(value: float) -> str:
     """A sample's value as Prometheus' text format (and prometheus_client) writes it."""
-    if (type(value) is int or type(value) is bool) and -10**15 < value < 10**15:
-        return f"{int(value)}.0"  # most samples: flags and counts
+    kind = type(value)  # most samples are flags, counts and whole numbers: said directly
+    if kind is bool:
+        return "1.0" if value else "0.0"
+    if (kind is int or (kind is float and value.is_integer())) and -1e15 < value < 1e6:
+        return f"{int(value)}.0"
     return floatToGoString(value)
 
 

@@ -7,7 +7,6 @@ given once, at the edge (the CLI's callback), never read here.
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import time
@@ -74,6 +73,8 @@ def check_reason(reason: str) -> str:
 
 def actor() -> str:
     """``user@host``: who made a change, as the audit record shows it."""
+    import getpass  # here, not for every read: it loads termios
+
     try:
         user = getpass.getuser()
     except (OSError, KeyError):  # no login name in some containers

@@ -175,3 +175,14 @@ def test_duration_histogram_from_the_class_and_the_environment(monkeypatch) -> N
         from services.config import resolve_config
 
         resolve_config(Ticker, environ={})
+
+
+def test_sample_values_are_written_as_prometheus_client_writes_them() -> None:
+    from prometheus_client.utils import floatToGoString
+
+    from worker.metrics_health import number
+
+    values = [True, False, 0, 3, -7, 999_999, 1_000_000, 123_456_789, 10**16, 0.0, 1.0, -2.0,
+              999_999.0, 1e6, 1.5, 1_795_788_830.097, 2.5e-7, 1e20, float("inf"),
+              float("-inf"), float("nan")]
+    assert [number(v) for v in values] == [floatToGoString(v) for v in values]
