@@ -17,7 +17,7 @@ from services import db
 from services.errors import RowLockTimeout
 from services.locking import LIMIT_PARAM, Claim, claim_rows, delete_rows, lock_row
 from services.models import PENDING, SENT, OutboxMessage, utcnow
-from services.outbox import enqueue
+from services.outbox import OutboxDispatch, OutboxOptions, enqueue
 from tests.db.conftest import fail_lock_waits_after
 
 T = OutboxMessage.__table__
@@ -44,6 +44,23 @@ def test_claim_changes_state_and_returns_rows_after_the_change(db_url: str) -> N
     with db.transaction(db_url) as session:
         left = session.scalars(select(T.c.id).where(T.c.status == PENDING)).all()
     assert sorted(left) == ids[3:]
+
+
+def test_the_dispatchers_claim_hands_its_batch_over_in_id_order(db_url: str) -> None:
+    """The claim picks rows by (available_at, id) and RETURNING keeps no order, so
+    ``claim_batch`` sorts the batch by id (the outbox delivers each batch oldest first). Here
+    available_at runs against the ids; without the sort, PostgreSQL handed over 6, 3, 5, 4."""
+    ids = fill(db_url, 6)
+    start = utcnow() - timedelta(hours=1)
+    with db.transaction(db_url) as session:
+        for n, key in enumerate(ids):
+            session.execute(update(T).where(T.c.id == key)
+                            .values(available_at=start - timedelta(minutes=n)))
+    dispatch = OutboxDispatch(OutboxOptions(batch_size=4))
+    with db.transaction(db_url) as session:
+        rows = dispatch.claim_batch(session, "me")
+    assert [r.id for r in rows] == ids[2:], "the 4 earliest available, lowest id first"
+    assert [r.attempts for r in rows] == [1] * 4
 
 
 def test_a_rolled_back_claim_releases_its_rows(db_url: str) -> None:
