@@ -32,7 +32,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -47,11 +47,12 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import CursorResult, Dialect
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 
+from services.db import rowcount
 from services.errors import DatabaseConfigError, RowLockTimeout
 
 logger = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def delete_rows(
         ids = list(session.execute(pick, dict(params or {})).scalars())
         return _mysql_delete_by_key(session, table, pk, ids) if ids else 0
     result = session.execute(delete(table).where(pk.in_(pick)), dict(params or {}))
-    return cast(CursorResult[Any], result).rowcount  # a DELETE's result is a CursorResult
+    return rowcount(result)
 
 
 def _mysql_delete_by_key(session: Session, table: Table, pk: Column[Any],
@@ -216,7 +217,7 @@ def _mysql_delete_by_key(session: Session, table: Table, pk: Column[Any],
     sql = (f"DELETE t FROM ({keys}) AS ids STRAIGHT_JOIN {quote.format_table(table)} AS t "
            f"ON t.{quote.quote(pk.name)} = ids.k")
     result = session.execute(text(sql), {f"k{i}": key for i, key in enumerate(ids)})
-    return cast(CursorResult[Any], result).rowcount
+    return rowcount(result)
 
 
 def lock_row(
