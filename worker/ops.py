@@ -36,7 +36,13 @@ from worker.ops_keys import (
     service_keys,
     wrong_types,
 )
-from worker.ops_schedule import ScheduleInfo, queue_reads, schedule_infos, schedule_keys
+from worker.ops_schedule import (
+    ResolvedCache,
+    ScheduleInfo,
+    queue_reads,
+    schedule_infos,
+    schedule_keys,
+)
 from worker.ops_status import Lease, ServiceStatus, StoreLoss, collector_paused
 
 ACTIONS = ("pause", "resume", "stop", "start", "reset")
@@ -91,7 +97,7 @@ class Operator:
     importing every ``SVC_*.py`` here: the cluster's view, and cheap at 10,000 services. This
     machine's code (:attr:`registry`) is imported only where it is needed: a name the index
     does not hold, the detail of one service (:meth:`load_code`), or an index no worker ever
-    wrote (:attr:`from_code`), when the code is all there is to list."""
+    wrote (:attr:`listed_from`), when the code is all there is to list."""
 
     settings: Settings
     _closed: bool = field(default=False, repr=False)
@@ -103,6 +109,8 @@ class Operator:
     with the entry's text they were parsed from: kept across :meth:`refresh` while the text
     stays the same."""
     _previous: Index | None = field(default=None, repr=False)
+    _resolved: ResolvedCache = field(default_factory=dict, repr=False)
+    """Each registered schedule as resolved, kept while its entry and override stay."""
 
     @cached_property
     def store(self) -> StateStore:
@@ -127,11 +135,6 @@ class Operator:
         """This machine's ``SVC_*.py`` were imported (:attr:`registry` was used)."""
         return "registry" in self.__dict__
 
-    @property
-    def from_code(self) -> bool:
-        """No worker ever registered a service: the names come from this machine's code."""
-        return not self.index.entries
-
     @cached_property
     def code_adds_names(self) -> bool:
         """This machine's code visibly holds a service the index lacks (see
@@ -143,7 +146,7 @@ class Operator:
     def listed_from(self) -> str:
         """Where :meth:`known` found the names: ``index`` (what workers registered) or
         ``code`` (no worker ever registered: this machine's ``SVC_*.py``)."""
-        return "code" if self.from_code else "index"
+        return "index" if self.index.entries else "code"
 
     def load_code(self) -> Registry:
         """Import this machine's services (``svc status NAME`` says whether it has them)."""
@@ -188,7 +191,7 @@ class Operator:
     def known(self) -> list[str]:
         """The index's names; with this machine's code too once it is imported (or when no
         worker ever registered anything, and the code is all there is)."""
-        if self.from_code or self.code_loaded or self.code_adds_names:
+        if self.listed_from == "code" or self.code_loaded or self.code_adds_names:
             return sorted(set(self.registry.names()) | set(self.registered))
         return sorted(self.registered)
 
@@ -271,7 +274,8 @@ class Operator:
         seconds, micros = replies[0]
         now = seconds + micros / 1_000_000
         loss = StoreLoss.from_epoch(replies[1])
-        schedules = schedule_infos(names, self.registered, self.config, replies[2:5], keys)
+        schedules = schedule_infos(names, self.registered, self.config, replies[2:5], keys,
+                                   cache=self._resolved)
         liveness = Liveness.from_replies(*replies[5:7])
         found = []
         for i, name in enumerate(names):

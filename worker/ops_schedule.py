@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from beat_schedule.store import ScheduleStore, resolve_all
+from beat_schedule.store import Resolved, ScheduleStore, resolve_all
 from services.config import ServiceConfig
 from services.fields import parse_number
 from services.keys import Keys
@@ -101,11 +101,39 @@ def queue_reads(pipe: Any, keys: Keys) -> None:
     pipe.hgetall(keys.due_signature())
 
 
+# name -> (the registration object resolved, its override, what resolve_all made of them)
+ResolvedCache = dict[str, tuple[Mapping[str, Any], Any, Resolved]]
+
+
+def resolve_cached(usable: Mapping[str, Mapping[str, Any]],
+                   overrides: Mapping[str, Mapping[str, Any]],
+                   cache: ResolvedCache) -> dict[str, Resolved]:
+    """:func:`resolve_all`, reusing what an earlier call made of a registration that is the
+    same object (``read_index`` keeps an entry whose text did not change) with the same
+    override: a long-running reader (``svc metrics``) parses only what changed."""
+    found: dict[str, Resolved] = {}
+    stale: dict[str, Mapping[str, Any]] = {}
+    for name, entry in usable.items():
+        hit = cache.get(name)
+        if hit is not None and hit[0] is entry and hit[1] == overrides.get(name):
+            found[name] = hit[2]
+        else:
+            stale[name] = entry
+    fresh = resolve_all(stale, overrides)
+    for name in [name for name in cache if name not in usable]:
+        del cache[name]
+    for name, resolved in fresh.items():
+        cache[name] = (stale[name], overrides.get(name), resolved)
+    return found | fresh
+
+
 def schedule_infos(names: list[str], registered: Mapping[str, Mapping[str, Any] | None],
                    local: Callable[[str], ServiceConfig | None], replies: Sequence[Any],
-                   keys: Keys) -> dict[str, ScheduleInfo]:
+                   keys: Keys, *, cache: ResolvedCache | None = None
+                   ) -> dict[str, ScheduleInfo]:
     """Every named service's schedule from the replies of :func:`queue_reads` and this
-    machine's code (``local``: its settings of a service)."""
+    machine's code (``local``: its settings of a service); ``cache``: see
+    :func:`resolve_cached`."""
     overrides_raw, due_rows, signatures = replies
     overrides: dict[str, dict[str, Any]] = {}
     unreadable: set[str] = set()
@@ -116,7 +144,8 @@ def schedule_infos(names: list[str], registered: Mapping[str, Mapping[str, Any] 
         else:
             unreadable.add(name)
     usable = {name: entry for name, entry in registered.items() if entry is not None}
-    resolved = resolve_all(usable, overrides)
+    resolved = resolve_all(usable, overrides) if cache is None else \
+        resolve_cached(usable, overrides, cache)
     due = {name: score / 1000 for name, score in due_rows}
 
     def pending(name: str, schedule: Schedule | None) -> bool:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -186,3 +187,24 @@ def test_sample_values_are_written_as_prometheus_client_writes_them() -> None:
               999_999.0, 1e6, 1.5, 1_795_788_830.097, 2.5e-7, 1e20, float("inf"),
               float("-inf"), float("nan")]
     assert [number(v) for v in values] == [floatToGoString(v) for v in values]
+
+
+def test_a_long_lived_reader_resolves_only_the_schedules_that_changed(
+        store, prefix: str, redis_url: str) -> None:
+    register(store, "ticker", "slow")
+    op = Operator(load_settings(redis_url=redis_url, key_prefix=prefix))
+
+    def schedules() -> dict[str, Any]:
+        op.refresh()  # as svc metrics does before each scrape
+        return {status.name: status.schedule for status in op.statuses(op.known())[1]}
+
+    first = schedules()
+    again = schedules()
+    assert again["ticker"].schedule is first["ticker"].schedule  # resolved once, kept
+    store.client.hset(store.keys.schedules(), "ticker", json.dumps({"every_seconds": 30.0}))
+    changed = schedules()
+    assert changed["ticker"].text() == "every 30s" and changed["ticker"].source == "live"
+    assert changed["slow"].schedule is first["slow"].schedule
+    register(store, "slow", interval_seconds=7.0)  # a worker registers other settings
+    assert schedules()["slow"].text() == "every 7s"
+    op.close()
