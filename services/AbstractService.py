@@ -102,7 +102,7 @@ class AbstractService(ABC):
     three intervals) or, on a cron schedule, this long after a slot that brought no success
     (default: ``timeout_seconds`` plus a minute). See docs/operating.md."""
     duration_histogram: ClassVar[bool] = False
-    """Metrics: export the run-duration histogram (``svc_run_duration_seconds``, 16 series)
+    """Metrics: export the run-duration histogram (``svc_run_duration_seconds``, 17 series)
     for this service; without it, ``svc metrics`` exports only the mean (``svc_run_seconds``).
     ``SVC_<NAME>_DURATION_HISTOGRAM=1`` sets it too. See docs/alerting.md."""
     queue: ClassVar[str | None] = None

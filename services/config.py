@@ -74,7 +74,7 @@ class ServiceConfig:
     """Health: how long without a successful run is ``overdue`` (None: the default of
     services.health.overdue_deadline)."""
     duration_histogram: bool = False
-    """Metrics: export the run-duration histogram's buckets (16 series); without it, only the
+    """Metrics: export the run-duration histogram's buckets (17 series); without it, only the
     mean (``svc_run_seconds``: a ``_sum``/``_count`` pair)."""
 
     @property

@@ -34,6 +34,7 @@ SERVICE_OVERRIDE_FIELDS = (
     "catchup",
     "catchup_window_seconds",
     "overdue_after_seconds",
+    "duration_histogram",
 )
 _QUERY_PASSWORD = re.compile(r"(?i)((?:^|&)password=)[^&]*")
 # No ':' in a prefix: keys are "<prefix>:<name>..." and names hold no ':', so a prefix ends at
