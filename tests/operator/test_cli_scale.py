@@ -208,3 +208,35 @@ def test_a_long_lived_reader_resolves_only_the_schedules_that_changed(
     register(store, "slow", interval_seconds=7.0)  # a worker registers other settings
     assert schedules()["slow"].text() == "every 7s"
     op.close()
+
+
+def test_the_metrics_server_gzips_for_a_scraper_that_asks(store, prefix: str,
+                                                         redis_url: str) -> None:
+    import gzip
+    import urllib.error
+    import urllib.request
+
+    from worker.metrics import serve
+
+    register(store, *CODE)
+    op = Operator(load_settings(redis_url=redis_url, key_prefix=prefix))
+    server = serve(op, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as plain:
+            assert plain.headers.get("Content-Encoding") is None
+            text = plain.read().decode()
+        asked = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(asked, timeout=10) as zipped:
+            assert zipped.headers["Content-Encoding"] == "gzip"
+            assert zipped.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            unzipped = gzip.decompress(zipped.read()).decode()
+        # The same scrape either way (but for the moments in it).
+        assert value(parse(unzipped), "svc_running", "ticker") == 1
+        assert {key for key in parse(unzipped)} == {key for key in parse(text)}
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(url.replace("/metrics", "/nothing"), timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+        op.close()
