@@ -95,6 +95,7 @@ STATE_FIELDS: dict[str, str] = {
     "duration_le_<ms>": "finished runs no longer than <ms> (duration_le_inf: the rest)",
     DURATION_SUM_MS: "the runs' total duration",
     HISTORY_BYTES: "the bytes the history list holds (lua/history.lua)",
+    "history_count": "the entries it holds, to know when the bytes need measuring again",
 }
 TIME_FIELDS = ("retry_at", "last_started_at", "last_finished_at", "last_success_at",
                "last_error_at", "changed_at", "registered_at")

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -184,8 +185,13 @@ async def run_once(service: Runnable, kind: Kind, keeper: LeaseKeeper,
         if not run.claim():
             # The lease keeper got there first: past the hard limit it recorded the run as a
             # timeout (and in a pool process is ending it). That record is the run's one.
-            run._recorded.wait(HARD_LIMIT_RECORD_WAIT_SECONDS)
-            service._end_run(run)
+            # Where this process lives on (the solo pool, a standalone loop) the service is
+            # told of that timeout too, as of any recorded failure.
+            try:
+                if run._recorded.wait(HARD_LIMIT_RECORD_WAIT_SECONDS) and run.result:
+                    _tell(service, RunTimedOut(run.failure), run.failure)
+            finally:
+                service._end_run(run)
             return RunReport(decision, Outcome.TIMEOUT, error, run.failure, run.result)
         if outcome is Outcome.OK and run.failure is not None:
             outcome = Outcome.ERROR  # update() reported a failure through _handle_failure()
@@ -232,6 +238,7 @@ async def _run_update(service: Runnable, run: RunContext,
     """Await ``update()`` under its soft limit; how it ended, and with what."""
     limit = asyncio.timeout(service.timeout_seconds)
     run.expire = limit.reschedule  # a host's own limit can end the run early (see worker)
+    started = time.monotonic()
     try:
         async with limit:
             await service.update()
@@ -250,6 +257,13 @@ async def _run_update(service: Runnable, run: RunContext,
         return Outcome.TIMEOUT, RunTimedOut(
             f"update() ran past timeout_seconds={service.timeout_seconds:g} and ignored the "
             "cancellation")
+    took = time.monotonic() - started
+    if took > service.timeout_seconds:
+        # It blocked the event loop past its limit (a synchronous call), so the limit never
+        # got to cancel it; it returned before the hard limit. Still past its time.
+        return Outcome.TIMEOUT, RunTimedOut(
+            f"update() took {took:.3g}s, past timeout_seconds={service.timeout_seconds:g}: it "
+            "blocked the event loop, so it could not be cancelled")
     return Outcome.OK, None
 
 

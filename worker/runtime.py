@@ -20,7 +20,8 @@ from billiard.common import terminate_handler_fired
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker import state as worker_state
 
-from services import logs, shutdown
+from services import logs
+from services import shutdown as shutdown_signals
 from services.AbstractService import AbstractService
 from services.fields import Kind
 from services.lease import LeaseKeeper
@@ -49,7 +50,7 @@ def _celery_is_stopping() -> bool:
                 or worker_state.should_stop)
 
 
-shutdown.register(_celery_is_stopping)
+shutdown_signals.register(_celery_is_stopping)
 
 
 def _end_this_process(ticket: RunTicket) -> None:

@@ -113,14 +113,15 @@ def _wait_for_lease(task: Task, slots: list[int]) -> None:
 
 
 def _retry_or_fail(task: Task, registry: Registry, name: str, report: RunReport) -> None:
-    assert report.ticket is not None and report.result is not None
+    assert report.ticket is not None
     run_id = report.ticket.run_id
     error = report.failure or repr(report.error)
     failure = ServiceRunFailed(f"service {name} run {run_id} failed ({report.outcome}): {error}")
     result = report.result
     # A failure that overlapped one already counted (concurrent runs, their retries) gets no
-    # retry of its own: one retry per backoff window, not a storm of them.
-    if (result.stopped or result.superseded or not result.counted
+    # retry of its own: one retry per backoff window, not a storm of them. Nor does a run
+    # whose record failed (Redis away at its hard limit): nothing says it may be retried.
+    if (result is None or result.stopped or result.superseded or not result.counted
             or task.request.retries >= (task.max_retries or 0)):
         raise failure
     config = registry.get(name).config

@@ -96,7 +96,7 @@ for _, held in ipairs(redis.call('HKEYS', KEYS[4])) do
       started_at = started / 1000, finished_at = ended / 1000,
       duration = (ended - started) / 1000, lease_lost = true, superseded = false,
       error = string.format('the worker died mid-run: its lease lapsed at %.3f without a finish',
-        ended / 1000)}), tonumber(ARGV[10]), tonumber(ARGV[17]))
+        ended / 1000)}), tonumber(ARGV[10]), tonumber(ARGV[17]), 0)
   end
 end
 

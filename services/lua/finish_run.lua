@@ -134,5 +134,5 @@ local entry = {
   started_at = started / 1000, finished_at = now / 1000, duration = (now - started) / 1000,
   error = (err ~= '' and err) or cjson.null, lease_lost = lease_lost, superseded = superseded,
 }
-push_history(KEYS[1], KEYS[3], cjson.encode(entry), history_len, tonumber(ARGV[12]))
+push_history(KEYS[1], KEYS[3], cjson.encode(entry), history_len, tonumber(ARGV[12]), seq)
 return {failures, stopped, superseded and 1 or 0, lease_lost and 1 or 0, retry_at, counted}

@@ -82,3 +82,22 @@ def test_the_newest_entry_stays_even_when_it_alone_is_over_the_cap(prefix, redis
     run(store, "huge", "E: " + "w" * (CAP * 2))
     entries = redis_client.lrange(store.keys.history("huge"), 0, -1)
     assert len(entries) == 1 and "w" * 100 in entries[0]
+
+
+def test_an_entry_removed_behind_the_count_is_measured_again(prefix, redis_client):
+    """A finish replacing its run's `lost` entry (LREM), or an older version's LTRIM during a
+    rolling upgrade, changes the list without the count: the count must not drift (a count
+    too high would keep the history at one entry for good)."""
+    store = capped_store(prefix)
+    for _ in range(5):
+        run(store, "drift", None)
+    key = store.keys.history("drift")
+    for _ in range(3):  # what an old worker's finish does: LPUSH + LTRIM, no count
+        redis_client.lpush(key, json.dumps({"outcome": "ok", "pad": "q" * 900}))
+        redis_client.ltrim(key, 0, 4)
+        redis_client.lrem(key, 1, redis_client.lindex(key, 2))
+    for _ in range(3):
+        run(store, "drift", None)
+    assert int(redis_client.hget(store.keys.state("drift"), HISTORY_BYTES)) == \
+        stored_bytes(redis_client, key)
+    assert redis_client.llen(key) > 1
