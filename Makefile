@@ -17,12 +17,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	bash tests/browser/ensure_chromium.sh
 	bash tests/ensure_promtool.sh
 	$(BIN)/python -m tests.environment $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 migrate: $(STAMP)
 	$(BIN)/svc migrate
