@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from services import db, migrate
-from services.outbox import OutboxDispatch, OutboxOptions
+from services.database import migrate
+from services.database import sessions as db
+from services.database.outbox import OutboxDispatch, OutboxOptions
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CLAIM_TIMEOUT = timedelta(hours=1)  # no claim lapses during a run: each row is claimed once

@@ -213,7 +213,9 @@ class AbstractService(ABC):
         after the run), else a session this instance keeps until ``cleanup()``."""
         if self._external_db is not None:
             return self._external_db
-        from services import db as database  # SQLAlchemy loads only for services that use it
+        from services.database import (
+            sessions as database,  # SQLAlchemy loads only for services that use it
+        )
 
         if self._current_run is not None:
             if self._run_db is None:

@@ -24,6 +24,9 @@ from services.errors import ServiceConfigError, UnknownServiceError
 from services.settings import get_settings, service_env_var
 
 logger = logging.getLogger(__name__)
+# Where services are found without SVC_PACKAGES: the project's own services/SVC_*.py (the
+# seed's place for them) and the examples this framework ships.
+SHIPPED_PACKAGES = ("services", "services.examples")
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,12 @@ class Registry:
         environ: Mapping[str, str] | None = None,
         only: Iterable[str] | None = None,
     ) -> Registry:
-        """Import every ``SVC_*`` module of ``packages`` (default: ``services`` and
+        """Import every ``SVC_*`` module of ``packages`` (default: ``SHIPPED_PACKAGES`` and
         ``SVC_PACKAGES``) and collect their services; ``only`` (default ``SVC_SERVICES``)
         keeps just the named ones."""
         settings = get_settings()
         if packages is None:
-            packages = ["services", *settings.package_list]
+            packages = [*SHIPPED_PACKAGES, *settings.package_list]
         if only is None:
             only = settings.service_allowlist
         registry = cls(environ=environ)

@@ -22,6 +22,12 @@ from redis.exceptions import NoScriptError
 logger = logging.getLogger(__name__)
 
 
+def load(client: Redis, name: str) -> Script:
+    """``services/lua/<name>.lua`` registered on ``client`` (for a script only one part uses,
+    such as the outbox's ``deliver_once``; the state's scripts are ``Scripts``)."""
+    return client.register_script(_source(name))
+
+
 def _source(name: str) -> str:
     """A script's text, after the libraries its header names (``-- include: history``)."""
     text = resources.files("services").joinpath("lua", f"{name}.lua").read_text()

@@ -80,8 +80,8 @@ app.conf.update(
     enable_utc=True,
 )
 register_tasks(app, registry)
-# Importing the app writes nothing: the default SQLite database's folder (var/) is made by
-# services.db when a process opens that database, the embedded Redis's by `svc up`.
+# Importing the app writes nothing: the default SQLite database's folder (var/) is made when
+# a process opens that database (services.database.sessions), the embedded Redis's by `svc up`.
 
 
 @signals.after_setup_logger.connect

@@ -346,7 +346,7 @@ def metrics(
 def migrate(ctx: typer.Context, revision: Annotated[str, typer.Option(
         help="Alembic revision to upgrade to.")] = "head") -> None:
     """Upgrade the database (DATABASE_URL) to the latest schema."""
-    from services.migrate import current, upgrade
+    from services.database.migrate import current, upgrade
 
     url = operator(ctx).settings.database_url
     upgrade(url, revision)

@@ -21,7 +21,7 @@ from services.health import Health, assess
 from services.heartbeat import Liveness
 from services.heartbeat import queue_reads as liveness_reads
 from services.keys import NAME_PATTERN
-from services.registry import Registry, suggest
+from services.registry import SHIPPED_PACKAGES, Registry, suggest
 from services.settings import Settings
 from services.state import StateStore
 from worker.ops_keys import (
@@ -121,7 +121,7 @@ class Operator:
         # Discovery follows these settings, not the process-wide cached ones, so that a test
         # (or a caller) with another environment sees its own services.
         self._configs.clear()  # this machine's settings win from now on
-        return Registry.discover(packages=["services", *self.settings.package_list],
+        return Registry.discover(packages=[*SHIPPED_PACKAGES, *self.settings.package_list],
                                  only=self.settings.service_allowlist)
 
     @cached_property
@@ -139,7 +139,7 @@ class Operator:
     def code_adds_names(self) -> bool:
         """This machine's code visibly holds a service the index lacks (see
         :func:`worker.ops_keys.code_adds_names`), so listing the index alone would hide it."""
-        return code_adds_names(["services", *self.settings.package_list],
+        return code_adds_names([*SHIPPED_PACKAGES, *self.settings.package_list],
                                self.settings.service_allowlist, set(self.registered))
 
     @property

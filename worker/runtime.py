@@ -127,7 +127,7 @@ class ProcessRuntime:
         if not self.loop.is_closed():
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
-        from services import db
+        from services.database import sessions as db
 
         db.dispose_engines()
 

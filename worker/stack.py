@@ -103,7 +103,7 @@ def flower_access(settings: Settings, env: dict[str, str]) -> flower_guard.Flowe
 
 def migrate(settings: Settings) -> None:
     try:
-        from services import migrate as migrations
+        from services.database import migrate as migrations
     except ImportError:  # no schema to manage
         return
     migrations.upgrade(settings.database_url)

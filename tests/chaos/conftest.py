@@ -2,8 +2,8 @@
 ports (``tests/servers.py``), never the shared ones. Each fixture yields a started server and
 stops it, and removes its files, afterwards; it skips the test when the binaries are missing.
 
-- ``own_postgres``: an ``OwnPostgres`` (empty; ``services.migrate.upgrade(own_postgres.url)``
-  for the framework's tables).
+- ``own_postgres``: an ``OwnPostgres`` (empty;
+  ``services.database.migrate.upgrade(own_postgres.url)`` for the framework's tables).
 - ``own_redis``: an ``OwnRedis`` with ``--save "" --appendonly no``.
 - ``make_own_redis(options)``: more Redis servers, or other options
   (``make_own_redis({"appendonly": "yes"})``); all are stopped at the end of the test.
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from services import db
+from services.database import sessions as db
 from tests.servers import OwnPostgres, OwnRedis, ServerUnavailable
 
 

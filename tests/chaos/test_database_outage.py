@@ -21,9 +21,10 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from services import db, migrate
-from services.models import SENT, OutboxMessage
-from services.outbox import enqueue
+from services.database import migrate
+from services.database import sessions as db
+from services.database.models import SENT, OutboxMessage
+from services.database.outbox import enqueue
 from services.state import StateStore
 from tests.cluster import REPO, Cluster
 from tests.servers import OwnPostgres

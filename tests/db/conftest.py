@@ -19,7 +19,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from services import db, migrate
+from services.database import migrate
+from services.database import sessions as db
 
 _FIXTURE_OF = {"sqlite": "sqlite_url", "postgres": "pg_url", "mysql": "my_url"}
 ALL_KINDS = [

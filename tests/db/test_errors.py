@@ -8,13 +8,14 @@ import importlib.util
 import pytest
 from sqlalchemy.engine import make_url
 
-from services import db, migrate
+from services.database import migrate
+from services.database import sessions as db
 from services.errors import DatabaseConfigError, SchemaNotMigrated
+from services.examples.SVC_ExpiredRowsCleanup import ExpiredRowsCleanup
+from services.examples.SVC_OutboxDispatcher import OutboxDispatcher
 from services.lease import LeaseKeeper
 from services.runner import run_once
 from services.state import StateStore
-from services.SVC_ExpiredRowsCleanup import ExpiredRowsCleanup
-from services.SVC_OutboxDispatcher import OutboxDispatcher
 from tests.db.conftest import schema_url
 
 SECRET = "s3cr3t-pw"

@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, func, select, text, update
 from sqlalchemy.orm import Session
 
-from services import db
+from services.database import sessions as db
+from services.database.locking import LIMIT_PARAM, Claim, claim_rows, delete_rows, lock_row
+from services.database.models import PENDING, SENT, OutboxMessage, utcnow
+from services.database.outbox import OutboxDispatch, OutboxOptions, enqueue
 from services.errors import RowLockTimeout
-from services.locking import LIMIT_PARAM, Claim, claim_rows, delete_rows, lock_row
-from services.models import PENDING, SENT, OutboxMessage, utcnow
-from services.outbox import OutboxDispatch, OutboxOptions, enqueue
 from tests.db.conftest import fail_lock_waits_after
 
 T = OutboxMessage.__table__
@@ -126,7 +126,7 @@ def test_claim_skips_a_row_an_api_transaction_holds_without_waiting(
 def test_sqlite_claims_take_turns_with_the_writer(sqlite_url: str) -> None:
     """What SQLite promises instead of row locks: a claim waits for the transaction holding
     the write lock, then sees its outcome. It never takes a row twice."""
-    from services import migrate
+    from services.database import migrate
 
     migrate.upgrade(sqlite_url)
     ids = fill(sqlite_url, 3)
@@ -311,8 +311,8 @@ def test_targets_without_one_primary_key_column_are_refused() -> None:
 
 def claim_or_cleanup(which: str) -> tuple[Any, str]:
     """The dispatcher's claim or the cleanup's pick, and the index it must read."""
-    from services.outbox import OutboxDispatch, OutboxOptions
-    from services.SVC_ExpiredRowsCleanup import ExpiredRowsCleanup
+    from services.database.outbox import OutboxDispatch, OutboxOptions
+    from services.examples.SVC_ExpiredRowsCleanup import ExpiredRowsCleanup
 
     if which == "claim":
         return OutboxDispatch(OutboxOptions()).claim, "ix_svc_outbox_pending"
@@ -390,7 +390,7 @@ def test_mysql_sessions_run_at_read_committed_and_in_utc(my_db_url: str) -> None
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
-    from services.outbox import OutboxDispatch, OutboxOptions
+    from services.database.outbox import OutboxDispatch, OutboxOptions
 
     elsewhere = make_url(my_db_url).update_query_dict(
         {"init_command": "SET time_zone = '+05:00'"}).render_as_string(hide_password=False)

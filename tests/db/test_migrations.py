@@ -12,8 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from services import migrate
-from services.models import Base
+from services.database import migrate
+from services.database.models import Base
 from tests.cluster import REPO
 
 
@@ -130,7 +130,7 @@ def test_migrations_leave_an_applications_own_tables_alone(bare_url: str) -> Non
 
 def test_the_command_line(sqlite_url: str) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "services.migrate", *args, "--url",
+        return subprocess.run([sys.executable, "-m", "services.database.migrate", *args, "--url",
                                sqlite_url], capture_output=True, text=True, cwd=REPO,
                               timeout=60, check=False)
 

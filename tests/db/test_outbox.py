@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from services import db
+from services.database import sessions as db
+from services.database.locking import lock_row
+from services.database.models import DEAD, PENDING, SENT, OutboxMessage, utcnow
+from services.database.outbox import OutboxDispatch, OutboxOptions, RedisStreamSink, enqueue
+from services.examples.SVC_ExpiredRowsCleanup import ExpiredRowsCleanup
+from services.examples.SVC_OutboxDispatcher import OutboxDispatcher
 from services.lease import LeaseKeeper
-from services.locking import lock_row
-from services.models import DEAD, PENDING, SENT, OutboxMessage, utcnow
-from services.outbox import OutboxDispatch, OutboxOptions, RedisStreamSink, enqueue
 from services.runner import RunReport, run_once
 from services.state import StateStore
-from services.SVC_ExpiredRowsCleanup import ExpiredRowsCleanup
-from services.SVC_OutboxDispatcher import OutboxDispatcher
 from tests.db.conftest import fail_lock_waits_after
 from tests.waiting import wait_for
 

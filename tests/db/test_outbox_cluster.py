@@ -13,9 +13,9 @@ import pytest
 import redis
 from sqlalchemy import func, select, text
 
-from services import db
-from services.locking import lock_row
-from services.models import PENDING, SENT, OutboxMessage
+from services.database import sessions as db
+from services.database.locking import lock_row
+from services.database.models import PENDING, SENT, OutboxMessage
 from services.state import StateStore
 from tests.cluster import Cluster
 from tests.waiting import wait_for

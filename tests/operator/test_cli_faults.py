@@ -161,7 +161,7 @@ def test_bad_option_values_are_one_line_and_exit_2(svc: Svc, store, prefix: str,
 
 
 def test_migrate_to_an_unknown_revision_names_it(svc: Svc, tmp_path) -> None:
-    from services import migrate
+    from services.database import migrate
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     result = svc("migrate", "--revision", "nosuch", DATABASE_URL=url)

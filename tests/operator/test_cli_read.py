@@ -167,7 +167,7 @@ def test_corrupt_fields_and_registry_errors_are_shown(svc: Svc, store, prefix: s
 
 
 def test_migrate_upgrades_the_database_and_fails_in_one_line(svc: Svc, tmp_path) -> None:
-    from services import migrate
+    from services.database import migrate
 
     url = f"sqlite:///{tmp_path / 'migrate.db'}"
     result = svc("migrate", DATABASE_URL=url)

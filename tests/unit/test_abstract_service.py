@@ -237,7 +237,7 @@ def test_db_own_session_made_lazily_and_closed_by_cleanup(store: StateStore,
 
 
 def test_db_passed_in_is_used_and_not_closed(store: StateStore, sqlite_url: str) -> None:
-    from services.db import new_session
+    from services.database.sessions import new_session
 
     external = new_session()
     external.execute(text("select 1"))

@@ -139,9 +139,9 @@ def test_store_from_settings_reports_the_redacted_url(clean_env: pytest.MonkeyPa
 def test_an_example_services_own_settings_name_their_variable(monkeypatch) -> None:
     """The outbox's and the cleanup's settings are classes of their own (SVC_OUTBOX_*,
     SVC_CLEANUP_*), with the same one-line errors as the framework's."""
-    from services.outbox import OutboxOptions
+    from services.database.outbox import OutboxOptions
+    from services.examples.SVC_ExpiredRowsCleanup import CleanupSettings
     from services.settings import load
-    from services.SVC_ExpiredRowsCleanup import CleanupSettings
 
     monkeypatch.setenv("SVC_OUTBOX_BATCH_SIZE", "7")
     monkeypatch.setenv("SVC_OUTBOX_DISPATCHER_INTERVAL_SECONDS", "0.5")  # the service's own

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from services.SVC_OutboxDispatcher import OutboxDispatcher
+from services.examples.SVC_OutboxDispatcher import OutboxDispatcher
 
 
 class SlowOutbox(OutboxDispatcher):

@@ -1,5 +1,5 @@
 """The framework's own tables (SQLAlchemy 2.0 typed models), managed by the Alembic
-migrations in ``services/migrations``.
+migrations in ``services/database/migrations``.
 
 Table names start with ``svc_`` and the migrations keep their version in
 ``svc_alembic_version``, so they live beside an application's own tables and migrations in

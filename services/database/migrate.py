@@ -1,12 +1,12 @@
 """Schema migrations of the framework's own tables, usable from code, ``svc migrate`` and
 ``make run``:
 
-    from services import migrate
+    from services.database import migrate
     migrate.upgrade()                 # DATABASE_URL, to the newest revision
     migrate.downgrade(url, "base")    # remove every svc_* table
     migrate.current(url)              # the revision the database is at, or None
 
-or ``python -m services.migrate upgrade|downgrade|current [revision] [--url URL]``.
+or ``python -m services.database.migrate upgrade|downgrade|current [revision] [--url URL]``.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from alembic.util import CommandError
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from services.db import create_db_engine, parse_url
+from services.database.sessions import create_db_engine, parse_url
 from services.errors import DatabaseConfigError, ServiceConfigError
 from services.settings import get_settings, redact_url
 
 logger = logging.getLogger(__name__)
 
-SCRIPT_LOCATION = "services:migrations"
+SCRIPT_LOCATION = "services.database:migrations"
 VERSION_TABLE = "svc_alembic_version"
 
 
@@ -124,7 +124,7 @@ def _revision_of(connection: Connection) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.migrate",
+    parser = argparse.ArgumentParser(prog="python -m services.database.migrate",
                                      description="Migrate the framework's tables (svc_*).")
     parser.add_argument("action", choices=["upgrade", "downgrade", "current"])
     parser.add_argument("revision", nargs="?", help="default: head (upgrade), base (downgrade)")

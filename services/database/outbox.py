@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from operator import itemgetter
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -35,11 +34,9 @@ from pydantic_settings import SettingsConfigDict
 from sqlalchemy import Row, bindparam, update
 from sqlalchemy.orm import Session
 
-from services.db import rowcount
-from services.errors import ServiceConfigError
-from services.keys import Keys
-from services.locking import Claim
-from services.models import (
+from services import scripts
+from services.database.locking import Claim
+from services.database.models import (
     DEAD,
     PENDING,
     SENT,
@@ -49,6 +46,9 @@ from services.models import (
     status_is,
     utcnow,
 )
+from services.database.sessions import rowcount
+from services.errors import ServiceConfigError
+from services.keys import Keys
 from services.settings import ComponentSettings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -134,8 +134,7 @@ class RedisStreamSink:
         self.delivered_key = keys.outbox_delivered(options.stream)
         self.dedupe_ms = int(options.dedupe_seconds * 1000)
         self.maxlen = options.stream_maxlen
-        source = resources.files("services").joinpath("lua", "deliver_once.lua").read_text()
-        self.script = client.register_script(source)
+        self.script = scripts.load(client, "deliver_once")
         self.duplicates = 0
         """Messages found already delivered (a lapsed claim taken over): added once anyway."""
 

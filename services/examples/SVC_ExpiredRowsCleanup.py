@@ -19,10 +19,10 @@ from pydantic_settings import SettingsConfigDict
 from sqlalchemy import ColumnElement, Table, bindparam
 
 from services.AbstractService import AbstractService
-from services.db import require_tables
-from services.locking import delete_rows
-from services.models import SENT, status_is, utcnow
-from services.outbox import OUTBOX, OutboxOptions
+from services.database.locking import delete_rows
+from services.database.models import SENT, status_is, utcnow
+from services.database.outbox import OUTBOX, OutboxOptions
+from services.database.sessions import require_tables
 from services.settings import ComponentSettings, load
 
 logger = logging.getLogger(__name__)

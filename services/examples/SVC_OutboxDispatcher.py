@@ -1,7 +1,7 @@
 """Delivers the transactional outbox (``svc_outbox``) to a Redis stream or an HTTP endpoint.
 
-Applications write messages with ``services.outbox.enqueue(session, topic, payload)`` in the
-same transaction as the change they announce. Each run claims pending rows with
+Applications write messages with ``services.database.outbox.enqueue(session, topic, payload)``
+in the same transaction as the change they announce. Each run claims pending rows with
 ``SELECT ... FOR UPDATE SKIP LOCKED``, delivers them, marks them sent, and drains batch after
 batch for up to ``SVC_OUTBOX_RUN_BUDGET_SECONDS``. Up to four runs work at once across the
 cluster (``max_concurrent_runs``), each on rows no other run holds. Idempotent: running it
@@ -17,8 +17,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from services.AbstractService import AbstractService
-from services.db import require_tables
-from services.outbox import (
+from services.database.outbox import (
     OUTBOX,
     BatchResult,
     HttpSink,
@@ -27,6 +26,7 @@ from services.outbox import (
     RedisStreamSink,
     Sink,
 )
+from services.database.sessions import require_tables
 from services.settings import load
 
 logger = logging.getLogger(__name__)

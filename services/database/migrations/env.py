@@ -1,6 +1,6 @@
 """Alembic environment for the framework's own tables (``svc_*``).
 
-Run through ``services.migrate`` (``svc migrate``, ``make run``), which hands over a
+Run through ``services.database.migrate`` (``svc migrate``, ``make run``), which hands over a
 connection in ``config.attributes["connection"]``. The version table is
 ``svc_alembic_version``, so an application's own Alembic history in the same database is
 left alone.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from services.models import Base
+from services.database.models import Base
 
 VERSION_TABLE = "svc_alembic_version"
 
@@ -18,7 +18,7 @@ VERSION_TABLE = "svc_alembic_version"
 def run_migrations_online() -> None:
     connection = context.config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError("run the framework's migrations through services.migrate "
+        raise RuntimeError("run the framework's migrations through services.database.migrate "
                            "(svc migrate), which passes the connection")
     context.configure(
         connection=connection,
@@ -33,5 +33,5 @@ def run_migrations_online() -> None:
 
 
 if context.is_offline_mode():
-    raise RuntimeError("offline (--sql) mode is not supported; run services.migrate")
+    raise RuntimeError("offline (--sql) mode is not supported; run services.database.migrate")
 run_migrations_online()

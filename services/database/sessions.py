@@ -36,7 +36,8 @@ _engines: dict[tuple[int, str], Engine] = {}
 _factories: dict[tuple[int, str], sessionmaker[Session]] = {}
 _known_tables: set[tuple[int, str, str]] = set()
 
-MIGRATE_HINT = "run the migrations: `svc migrate` (or `python -m services.migrate upgrade`)"
+MIGRATE_HINT = ("run the migrations: `svc migrate` (or `python -m services.database.migrate "
+                "upgrade`)")
 
 
 def parse_url(url: str) -> URL:

@@ -15,8 +15,8 @@ What each backend promises:
 - **MySQL 8 / MariaDB 10.6+**: the same ``SELECT ... FOR UPDATE SKIP LOCKED``, then an
   ``UPDATE ... WHERE pk IN (...)`` and a re-read in the same transaction (neither has
   ``UPDATE ... RETURNING``): three round trips, same guarantees. Sessions run at READ
-  COMMITTED (``services.db``), without which concurrent claims deadlock on InnoDB's gap
-  locks. Lock timeouts are ``innodb_lock_wait_timeout``, whole seconds: rounded up.
+  COMMITTED (``services.database.sessions``), without which concurrent claims deadlock on
+  InnoDB's gap locks. Lock timeouts are ``innodb_lock_wait_timeout``, whole seconds: rounded up.
 - **SQLite** has no row locks, but it serialises writers: one connection at a time holds the
   database's write lock, until it commits. A claim is a single ``UPDATE ... RETURNING``
   statement, which runs entirely under that lock, so two claimers can never take the same
@@ -52,7 +52,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 
-from services.db import rowcount
+from services.database.sessions import rowcount
 from services.errors import DatabaseConfigError, RowLockTimeout
 
 logger = logging.getLogger(__name__)
