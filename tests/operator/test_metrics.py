@@ -24,14 +24,6 @@ from worker.metrics import DURATION_BUCKETS_MS
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-# runs_total and the duration histogram come from counters finish_run.lua keeps. Until that
-# script keeps them these tests are reported as expected failures without running (they would
-# only wait out their deadlines); once it does, they run and must pass.
-LUA_COUNTS_RUNS = "duration_le_" in resources.files("services").joinpath(
-    "lua", "finish_run.lua").read_text()
-needs_lua_counters = pytest.mark.xfail(
-    not LUA_COUNTS_RUNS, run=False,
-    reason="finish_run.lua does not yet count runs by outcome and duration bucket")
 
 
 def free_port() -> int:
@@ -112,7 +104,6 @@ def test_metrics_follow_runs_pauses_and_failures(make_cluster, svc_for, processe
     assert value(scrape(url), "svc_paused", "ticker") == 0
 
 
-@needs_lua_counters
 @pytest.mark.celery
 def test_runs_total_and_duration_histogram(make_cluster, svc_for, processes,
                                            tmp_path: Path) -> None:
@@ -153,7 +144,6 @@ def test_runs_total_and_duration_histogram(make_cluster, svc_for, processes,
     assert value(scrape(again), "svc_runs_total", "failing", outcome="error") == before
 
 
-@needs_lua_counters
 def test_lua_and_collector_agree_on_bucket_bounds() -> None:
     lua = resources.files("services").joinpath("lua", "finish_run.lua").read_text()
     listed = re.search(r"ipairs\(\{([0-9,\s]+)\}\)", lua)
