@@ -176,7 +176,7 @@ class Pulse(threading.Thread):
     worker's heartbeat and its turn at watching health. A failing job is logged once per
     outage (``services.outage``), never ends the thread."""
 
-    def __init__(self, interval: float, jobs: Mapping[str, Callable[[], None]]) -> None:
+    def __init__(self, interval: float, jobs: Mapping[str, Callable[[], object]]) -> None:
         super().__init__(name="svc-pulse", daemon=True)
         self.interval = interval
         self.jobs = dict(jobs)

@@ -323,7 +323,7 @@ def metrics(
         return
     server = serve(op, address or op.settings.metrics_address,
                    port if port is not None else op.settings.metrics_port)
-    host, bound = server.server_address[:2]
+    host, bound = str(server.server_address[0]), server.server_address[1]
     render.console().print(f"serving metrics on http://{host}:{bound}/metrics "
                            f"(Redis {redact_url(op.settings.redis_url)}); Ctrl-C stops",
                            markup=False)

@@ -210,7 +210,7 @@ def histogram_samples(family: Family, name: str, counts: list[int], total_s: flo
     family.per_service(name, total_s, "_sum")
 
 
-def duration_buckets(raw: dict[str, str]) -> tuple[list[tuple[str, float]], float]:
+def duration_buckets(raw: dict[str, str]) -> tuple[list[tuple[str, int]], float]:
     """Prometheus' cumulative ``(le, count)`` buckets (seconds) and the sum in ms."""
     cumulative, buckets = 0, []
     for bound, key in zip((*_BOUNDS, "+Inf"), _BUCKET_FIELDS, strict=True):
@@ -263,6 +263,6 @@ def serve(op: Operator, address: str, port: int) -> WSGIServer:
     family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM,
                                 flags=socket.AI_PASSIVE)[0][0]
     server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
-    server = make_server(address, port, app, server_class, handler_class=_Quiet)
+    server: WSGIServer = make_server(address, port, app, server_class, handler_class=_Quiet)
     threading.Thread(target=server.serve_forever, daemon=True, name="svc-metrics").start()
     return server

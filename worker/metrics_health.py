@@ -33,7 +33,7 @@ def number(value: float) -> str:
         return "1.0" if value else "0.0"
     if (kind is int or (kind is float and value.is_integer())) and -1e15 < value < 1e6:
         return f"{int(value)}.0"
-    return floatToGoString(value)
+    return str(floatToGoString(value))
 
 
 def label(text: str) -> str:

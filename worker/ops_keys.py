@@ -20,6 +20,7 @@ from typing import Any
 from services.config import ServiceConfig, snake_case
 from services.errors import StateCorruptError
 from services.keys import NAME_PATTERN, Keys
+from services.redis_client import text_map
 from services.state import StateStore
 
 # What each of a service's keys must be, and what it holds, for the message that names it.
@@ -101,7 +102,7 @@ def read_index(store: StateStore, previous: Index | None = None) -> Index:
     reader's last read) is taken from there, not parsed again."""
     key = store.keys.index()
     with naming(store, {key: "index"}), store.reaching():
-        raw = store.client.hgetall(key)
+        raw = text_map(store.client.hgetall(key))
     index = Index(texts=raw)
     known = previous.texts if previous is not None else {}
     for name, text in sorted(raw.items()):

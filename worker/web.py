@@ -219,7 +219,7 @@ class Page(tornado.web.RequestHandler):
         # already reports the outage once: a refusal is news only when it may be an attack.
         logger.log(logging.WARNING if value.status_code == 403 else logging.INFO,
                    "%d %s %s: %s", value.status_code, self.request.method, self.request.uri,
-                   value.log_message % value.args)
+                   (value.log_message or "") % value.args)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
