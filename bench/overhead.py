@@ -131,6 +131,10 @@ class Round:
     kind: str
     tasks: int
     seconds: float
+    worker_cpu: float = 0.0
+    """CPU seconds per task of the arm's worker (all its processes) draining the batch."""
+    redis_cpu: float = 0.0
+    """CPU seconds per task of the Redis server meanwhile (any client's: an upper bound)."""
 
     @property
     def rate(self) -> float:
@@ -154,6 +158,12 @@ class PoolResult:
     def total(self, kind: str) -> float:
         picked = [arms[kind] for arms in self.rounds]
         return sum(r.tasks for r in picked) / sum(r.seconds for r in picked)
+
+    def cpu_us(self, kind: str) -> tuple[float, float]:
+        """CPU microseconds per task of ``kind``'s worker and of Redis, over all rounds."""
+        picked = [arms[kind] for arms in self.rounds]
+        return (statistics.mean(r.worker_cpu for r in picked) * 1e6,
+                statistics.mean(r.redis_cpu for r in picked) * 1e6)
 
     def overall(self, top: str, bottom: str) -> float:
         """``top`` tasks/s over ``bottom`` tasks/s, each over all rounds."""
@@ -386,11 +396,16 @@ class Bench:
                 raise RuntimeError(f"{worker.name} worker died:\n{worker.tail()}")
             time.sleep(0.001)
 
+    def redis_cpu(self) -> float:
+        info = self.redis.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
     def timed_round(self, kind: str, n: int) -> Round:
         """Queue n messages while no worker consumes, then time the drain by kind's worker."""
         worker = self.worker_for(kind)
         start = self.done(kind)
         self.publish(kind, n)
+        cpu_before, redis_before = group_cpu(worker.proc.pid), self.redis_cpu()
         self.control(worker, "add_consumer")
         target = start + n
         deadline = time.monotonic() + max(60.0, n / 50)
@@ -405,8 +420,10 @@ class Bench:
                 raise RuntimeError(f"{kind}: {done - start} of {n} done:\n{worker.tail()}")
             time.sleep(0.001)
         assert first_t is not None
+        # Per task of the whole batch (its first task included), not of the timed window.
+        cpu, redis_cpu = group_cpu(worker.proc.pid) - cpu_before, self.redis_cpu() - redis_before
         self.stop_consuming(worker)
-        return Round(kind, done - first_done, now - first_t)
+        return Round(kind, done - first_done, now - first_t, cpu / n, redis_cpu / n)
 
     def runs_in_redis(self) -> int:
         return int(self.redis.hget(f"{self.prefix}:{SERVICE}", "runs") or 0)
@@ -542,6 +559,20 @@ class Bench:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) of every live process in process group ``pgid`` (a worker
+    and its pool processes: each is started in a session of its own)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == pgid:  # pgrp; then utime and stime are the 12th and 13th
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -579,6 +610,13 @@ def report(results: list[PoolResult], args: argparse.Namespace) -> bool:
             f"{r.median('wrapped', 'default'):.3f}  (informational, no target)  load average "
             f"(1 min) {r.load_before:.2f} before this pool, {r.load_after:.2f} after"
         )
+    log("CPU per task (us; the worker's processes, and Redis serving every client meanwhile):")
+    for r in results:
+        cpu = {kind: r.cpu_us(kind) for kind in ARMS}
+        log(f"{r.label:>12}: " + "  ".join(
+            f"{kind} {worker:.0f} + Redis {server:.0f}" for kind, (worker, server) in cpu.items())
+            + f"  (wrapped - raw: worker {cpu['wrapped'][0] - cpu['raw'][0]:+.0f}, Redis "
+            f"{cpu['wrapped'][1] - cpu['raw'][1]:+.0f})")
     if args.breakdown:
         log("where a wrapped task's extra time goes (us per wrapped run, in its process):")
         for r in results:

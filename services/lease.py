@@ -27,18 +27,24 @@ RENEWAL_FRACTION = 1 / 3
 
 
 class LeaseWatch:
-    """The keeper's word on one run's lease: the one flag its thread shares with the run."""
+    """The keeper's word on one run's lease: the one flag its thread shares with the run.
+
+    A plain attribute, not an ``Event``: the keeper's thread only ever sets it and the run
+    only reads it (nobody waits on it), and each is a single store or load, atomic under the
+    interpreter. An Event cost every run a lock and a condition it never used."""
+
+    __slots__ = ("_lost",)
 
     def __init__(self) -> None:
-        self._lost = threading.Event()
+        self._lost = False
 
     @property
     def lost(self) -> bool:
         """True once a renewal found the lease taken: another run may own the service."""
-        return self._lost.is_set()
+        return self._lost
 
     def mark_lost(self) -> None:
-        self._lost.set()
+        self._lost = True
 
 
 @dataclass

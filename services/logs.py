@@ -7,8 +7,6 @@ every record, whichever logger wrote it (the user's ``logging.getLogger(__name__
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
 _service: ContextVar[str] = ContextVar("svc_service", default="-")
@@ -20,16 +18,26 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s [%(service)s %(run_id)s] %(name)s: %(me
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(service)s %(run_id)s %(message)s"
 
 
-@contextmanager
-def bound(service: str, run_id: str = "-") -> Iterator[None]:
+class _Bound:
+    """``bound``'s block: a class rather than ``@contextmanager``, whose generator and
+    wrapper cost about a microsecond more, twice per run."""
+
+    __slots__ = ("run_id", "service", "tokens")
+
+    def __init__(self, service: str, run_id: str) -> None:
+        self.service = service
+        self.run_id = run_id
+
+    def __enter__(self) -> None:
+        self.tokens = enter(self.service, self.run_id)
+
+    def __exit__(self, *_: object) -> None:
+        leave(self.tokens)
+
+
+def bound(service: str, run_id: str = "-") -> _Bound:
     """Within this block every log line carries ``service`` and ``run_id``."""
-    service_token = _service.set(service)
-    run_token = _run_id.set(run_id)
-    try:
-        yield
-    finally:
-        _run_id.reset(run_token)
-        _service.reset(service_token)
+    return _Bound(service, run_id)
 
 
 def enter(service: str, run_id: str = "-") -> LogContext:

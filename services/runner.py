@@ -50,7 +50,11 @@ class RunContext:
         """Who ended the run early through ``expire`` (a host's own time limit), for the
         record."""
         self._claimed = threading.Lock()
-        self._recorded = threading.Event()
+        # Held until the keeper's thread recorded the run at its hard limit (see recorded):
+        # a lock as a one-shot signal, since an Event (a condition and its lock, built in
+        # Python) cost every run several microseconds for a wait that almost never happens.
+        self._recorded = threading.Lock()
+        self._recorded.acquire()
 
     @property
     def run_id(self) -> str:
@@ -64,6 +68,14 @@ class RunContext:
         """True for the one thread (the runner, or the keeper at the hard limit) that
         records this run."""
         return self._claimed.acquire(blocking=False)
+
+    def mark_recorded(self) -> None:
+        """The keeper's thread is done recording the run it claimed (recorded or not)."""
+        self._recorded.release()
+
+    def recorded(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``mark_recorded``; true once it happened."""
+        return self._recorded.acquire(timeout=timeout)
 
 
 class Runnable(Protocol):
@@ -188,7 +200,7 @@ async def run_once(service: Runnable, kind: Kind, keeper: LeaseKeeper,
             # Where this process lives on (the solo pool, a standalone loop) the service is
             # told of that timeout too, as of any recorded failure.
             try:
-                if run._recorded.wait(HARD_LIMIT_RECORD_WAIT_SECONDS) and run.result:
+                if run.recorded(HARD_LIMIT_RECORD_WAIT_SECONDS) and run.result:
                     _tell(service, RunTimedOut(run.failure), run.failure)
             finally:
                 service._end_run(run)
@@ -310,7 +322,7 @@ def _hard_limit(service: Runnable, keeper: LeaseKeeper, run: RunContext,
         finally:
             # Recorded or not (Redis away: the run then shows as lost once its lease lapses),
             # a blocked pool process is replaced.
-            run._recorded.set()
+            run.mark_recorded()
             if keeper.on_hard_limit is not None:
                 keeper.on_hard_limit(ticket)
 

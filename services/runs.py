@@ -162,6 +162,9 @@ class RunLedger:
         """Send a short run's success without waiting for its reply (Celery workers do)."""
         self._process: tuple[int, str, ScriptChannel] | None = None
         self._process_lock = threading.Lock()
+        # Each service's six keys, as the two scripts of every run take them: made once per
+        # service (the store's prefix never changes), not twice per run.
+        self._keys: dict[str, tuple[str, ...]] = {}
 
     def _per_process(self) -> tuple[int, str, ScriptChannel]:
         """This process's ``host:pid`` and its script channel, made again after a fork. The
@@ -175,6 +178,12 @@ class RunLedger:
                     channel = ScriptChannel(self.store.client, _late_finish_reply)
                     current = self._process = (pid, worker_identity(), channel)
         return current
+
+    def _service_keys(self, name: str) -> tuple[str, ...]:
+        keys = self._keys.get(name)
+        if keys is None:
+            keys = self._keys[name] = self.store.keys.for_service(name)
+        return keys
 
     def _call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a script on this process's channel (inside ``store.reaching()``)."""
@@ -210,7 +219,7 @@ class RunLedger:
             # 48 random bits, as the first 12 hex digits of a uuid4 were, @ host:pid.
             token = f"{os.urandom(6).hex()}@{self._per_process()[1]}"
             verdict, detail, now_ms, warnings, epoch, run_kind = self._call(
-                store.scripts.begin_run, store.keys.for_service(name),
+                store.scripts.begin_run, self._service_keys(name),
                 (token, store.lease_ms, max_runs, kind, int(tick_gap_seconds * 1000),
                  memory.epoch, durability.new_epoch_id(), int(cooldown_seconds * 1000),
                  MAX_AHEAD_MS, store.history_length, memory.remembered(name),
@@ -237,7 +246,7 @@ class RunLedger:
         if outcome is None:
             outcome = Outcome.OK if error is None else Outcome.ERROR
         store = self.store
-        keys = store.keys.for_service(ticket.name)
+        keys = self._service_keys(ticket.name)
         with store.reaching():
             _, identity, channel = self._per_process()
             args = (ticket.token, ticket.seq, outcome, error or "", max_failures,

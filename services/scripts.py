@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import hiredis
 import redis
 from redis import Redis
 from redis.commands.core import Script
@@ -122,14 +123,17 @@ class ScriptChannel:
             self._drain()
 
     def _send(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        # Packed by hiredis, as redis-py's own packer does (the same bytes), without that
+        # packer's copy of the arguments first (it turns bytearrays and memoryviews, which no
+        # script argument is, into bytes): a generator step per argument, 26 for a guard.
+        packed = [hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))]
         try:
-            self.conn.send_command(*command)
+            self.conn.send_packed_command(packed)
         except (redis.ConnectionError, redis.TimeoutError):
             # The connection had dropped (Redis restarted): nothing whole reached Redis, so
             # one more try on a fresh connection cannot run the script twice.
             self.conn.disconnect()
-            self.conn.send_command(*command)
+            self.conn.send_packed_command(packed)
 
     def _read(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
