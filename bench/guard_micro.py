@@ -240,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
             print("the canned batches sent commands to Redis: their figures include I/O")
             return 1
         if args.profile:
+            own = "scripts canned: the wrapper's own Python"
             for label, scripts in (("real scripts", contextlib.nullcontext()),
-                                   ("scripts canned: the wrapper's own Python", canned_scripts(store))):
+                                   (own, canned_scripts(store))):
                 print(f"\n== cProfile of ProcessRuntime.run, {label}")
                 with scripts:
                     profiler = cProfile.Profile()
