@@ -65,6 +65,9 @@ information. ``--breakdown`` also times, inside the worker, ``ProcessRuntime.run
 and finish calls (see ``bench/raw_tasks.py``), to split the wrapper's cost per run; it adds
 a few microseconds per run, so the reference figures are taken without it. ``--profile FILE``
 runs the solo worker under cProfile and writes its stats to FILE (for ``python -m pstats``);
+``--hollow`` replaces ``ProcessRuntime.run`` in the worker with a canned report of a
+successful run (no guard, no ``update()``, no record: see ``bench/raw_tasks.py``), so that
+wrapped / raw is what the task around the run costs, and skips the round-trip count;
 the profiler slows everything, so its figures are not the reference ones. The summary also
 gives each arm's CPU per task over its batches: its worker's processes (``/proc``) and the
 Redis server (``INFO cpu``, which serves every client, so an upper bound), which splits the
@@ -260,6 +263,7 @@ class Bench:
                 "SVC_SERVICES": SERVICE,
                 "DATABASE_URL": f"sqlite:///{self.workdir / 'services.db'}",
                 "BENCH_BREAKDOWN": "1" if self.args.breakdown else "0",
+                "BENCH_HOLLOW": "1" if self.args.hollow else "0",
             }
         )
         default_env = dict(env)
@@ -528,7 +532,7 @@ class Bench:
                 for index_, (after, before) in enumerate(zip(sums_after, sums_before, strict=True)):
                     result.breakdown[index_] += after - before
                 refused = self.args.tasks - (self.runs_in_redis() - runs_before)
-                if refused:
+                if refused and not self.args.hollow:  # a hollow run records nothing
                     raise RuntimeError(f"{refused} wrapped messages did not run update()")
                 raw, wrapped, default = (measured[kind] for kind in ARMS)
                 result.rounds.append(measured)
@@ -538,7 +542,8 @@ class Bench:
                     f"{raw.rate / default.rate:>8.3f} {wrapped.rate / default.rate:>8.3f}  "
                     + ",".join(order)
                 )
-            self.count_round_trips(result, self.args.count_runs)
+            if not self.args.hollow:
+                self.count_round_trips(result, self.args.count_runs)
         finally:
             self.stop_workers()
         result.load_after = os.getloadavg()[0]
@@ -653,7 +658,7 @@ def report(results: list[PoolResult], args: argparse.Namespace) -> bool:
                 f"in guard + finish {scripts_cpu:.0f}: waiting on Redis "
                 f"{begin + finish - scripts_cpu:.0f} of the scripts' {begin + finish:.0f}"
             )
-    for r in results:
+    for r in results if not args.hollow else []:
         # Enough decimals that one command more or less in these runs shows: 1,001 commands
         # in 500 runs print as 2.002, never as a "2.00" next to FAIL.
         digits = max(2, math.ceil(math.log10(max(r.counted_runs, 1))))
@@ -703,6 +708,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--breakdown",
         action="store_true",
         help="time ProcessRuntime.run and the two scripts inside the worker",
+    )
+    parser.add_argument(
+        "--hollow",
+        action="store_true",
+        help="replace ProcessRuntime.run with a canned report: what the task costs around it",
     )
     parser.add_argument("--profile", metavar="FILE", help="cProfile the solo worker into FILE")
     parser.add_argument("--keep", action="store_true", help="keep the worker logs' directory")
