@@ -12,15 +12,16 @@ batches send none (the script channel writes on a connection of its own, never t
 Every figure is microseconds per call, the best of ``--repeat`` batches of ``--calls`` calls
 (the best batch is the one least disturbed by the rest of the machine), so the figures are
 floors, not averages. ``--profile`` adds a cProfile of ``ProcessRuntime.run`` (Redis
-included) sorted by own time; the profiler inflates small calls, so read it for proportions.
-Keys live under a prefix of their own and are deleted at the end.
+included, then with the scripts canned) sorted by own time; the profiler inflates small
+calls, so read it for proportions. Keys live under a prefix of their own and are deleted at the end.
 
-Three runs on a 2 vCPU Intel Xeon VM (load average 2.4-2.5, the machine shared with other
-test suites), medians: ``ProcessRuntime.run`` 162 us wall (95 us of CPU), of which the
-wrapper's own Python is 44 us (canned: 44 us wall, 43 us of CPU; 2 commands written per real
-run, 0 in 42,001 canned guard + finish pairs); a PING is 30 us. Canning at
-``Redis.execute_command``, as this script did before, intercepted nothing: its "own Python"
-was a whole run with its I/O (166 us in one run here).
+Three runs on a 2 vCPU Intel Xeon VM (load average 0.5-0.7), medians: ``ProcessRuntime.run``
+190 us wall (110 us of CPU), of which the wrapper's own Python is 35 us (canned: 35 us wall
+and CPU; 2 commands written per real run, none in the canned batches); a PING 70 us. The
+own Python was 44 us before the script channel packed with hiredis directly, the lease watch
+became a plain flag and ``logs.bound`` a small class (three runs at load 2.4-2.5 then).
+Canning at ``Redis.execute_command``, as this script did before, intercepted nothing: its
+"own Python" was a whole run with its I/O (166 us in one run here).
 """
 
 from __future__ import annotations
