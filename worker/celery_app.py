@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Celery, signals
-from kombu import Exchange, Queue
+from celery.utils.dispatch import Signal
+from kombu.entity import Exchange, Queue
 
 from beat_schedule import build_routes, service_queues
 from services import logs
@@ -21,6 +23,7 @@ from services.errors import ServiceConfigError, StateUnavailableError
 from services.notify import load_hook
 from services.registry import Registry
 from services.settings import get_settings
+from services.state import default_store
 from worker import extras, memory, runtime
 from worker.flower_guard import flower_args, refuse_open_flower
 from worker.messages import CheckedTask
@@ -29,6 +32,18 @@ from worker.tasks import register_tasks
 from worker.watch import WorkerPulse
 
 logger = logging.getLogger(__name__)
+Handler = TypeVar("Handler", bound=Callable[..., None])
+
+
+def on(*events: Signal) -> Callable[[Handler], Handler]:
+    """Connect a handler to Celery's signals, as ``@signal.connect`` does, keeping the
+    handler's type (Celery's ``Signal.connect`` is unannotated)."""
+    def connect(handler: Handler) -> Handler:
+        for event in events:
+            event.connect(handler)
+        return handler
+    return connect
+
 
 if flower_args(sys.argv) is not None and (
         missing := extras.needs("celery flower", "flower", "flower", "tornado")):
@@ -84,17 +99,16 @@ register_tasks(app, registry)
 # a process opens that database (services.database.sessions), the embedded Redis's by `svc up`.
 
 
-@signals.after_setup_logger.connect
-@signals.after_setup_task_logger.connect
+@on(signals.after_setup_logger, signals.after_setup_task_logger)
 def _service_aware_logs(logger: logging.Logger, **_: Any) -> None:
     for handler in logger.handlers:
         logs.install(handler, settings.log_json)
 
 
-_task_log_context: dict[str, tuple[object, object]] = {}
+_task_log_context: dict[str, logs.LogContext] = {}
 
 
-@signals.task_prerun.connect
+@on(signals.task_prerun)
 def _name_task_lines(task_id: str, task: Any, **_: Any) -> None:
     # Celery's own lines for a service's task ("succeeded in ...", "raised ...") are logged
     # before task_postrun: give them the service name (and run id, once known) too.
@@ -102,20 +116,19 @@ def _name_task_lines(task_id: str, task: Any, **_: Any) -> None:
         _task_log_context[task_id] = logs.enter(task.name[4:])
 
 
-@signals.task_postrun.connect
+@on(signals.task_postrun)
 def _end_task_lines(task_id: str, **_: Any) -> None:
     tokens = _task_log_context.pop(task_id, None)
     if tokens is not None:
         logs.leave(tokens)
 
 
-@signals.task_postrun.connect
+@on(signals.task_postrun)
 def _note_memory(task: Any, **_: Any) -> None:
     memory.note_after_run(app.conf.worker_max_memory_per_child, task.name)
 
 
-@signals.worker_init.connect
-@signals.beat_init.connect
+@on(signals.worker_init, signals.beat_init)
 def _announce(**_: Any) -> None:
     for error in registry.errors:
         logger.error("service not loaded: %s", error)
@@ -125,30 +138,30 @@ def _announce(**_: Any) -> None:
 _pulse: list[WorkerPulse] = []
 
 
-@signals.worker_ready.connect
+@on(signals.worker_ready)
 def _register(sender: Any, **_: Any) -> None:
     # The heartbeat says which services and queues this worker serves: its consumer's. It
     # starts first, so that it runs even when Redis is away right now.
     queues = sender.app.amqp.queues
-    pulse = WorkerPulse(settings, runtime.default_store(), registry.names(),
+    pulse = WorkerPulse(settings, default_store(), registry.names(),
                         lambda: sorted(queues.consume_from),
                         node=getattr(sender, "hostname", ""), hook=health_hook)
     pulse.start()
     _pulse.append(pulse)
-    runtime.default_store().register_services(registry.configs())
+    default_store().register_services(registry.configs())
 
 
-@signals.worker_shutdown.connect
+@on(signals.worker_shutdown)
 def _stop_pulse(**_: Any) -> None:
     while _pulse:
         _pulse.pop().stop()
 
 
-@signals.worker_init.connect
+@on(signals.worker_init)
 def _check_state_store(**_: Any) -> None:
     # In the main process, before the pool forks: every pool process (recycled ones too)
     # inherits the store's epoch, so a store that loses its data is recognised as such.
-    store = runtime.default_store()
+    store = default_store()
     try:
         store.remember_epoch()
         problems = persistence_warnings(store.client, store.redis_url)
@@ -162,7 +175,7 @@ def _check_state_store(**_: Any) -> None:
 _forks_pool: list[bool] = []
 
 
-@signals.worker_init.connect
+@on(signals.worker_init)
 def _freeze_before_fork(sender: Any, **_: Any) -> None:
     # The services' modules were imported (and a broken one reported) when the app was; a
     # prefork pool's processes share that heap with this process as long as no collector
@@ -172,7 +185,7 @@ def _freeze_before_fork(sender: Any, **_: Any) -> None:
         runtime.freeze_shared_heap()
 
 
-@signals.worker_ready.connect
+@on(signals.worker_ready)
 def _freeze_after_start(**_: Any) -> None:
     # What the consumer made at start, shared too with the pool processes forked later to
     # replace one (--max-tasks-per-child, the memory cap, a run past its hard limit).
@@ -188,15 +201,14 @@ def _pool_forks(pool_cls: Any) -> bool:
     return isinstance(pool, type) and issubclass(pool, TaskPool)
 
 
-@signals.worker_process_init.connect
+@on(signals.worker_process_init)
 def _enter_pool_process(**_: Any) -> None:
     # Services are built on their first task in this process (worker.runtime), not here: a
     # pool process that never runs a service never pays for it, nor cleans it up.
     runtime.in_pool_process = True
 
 
-@signals.worker_process_shutdown.connect
-@signals.worker_shutdown.connect
+@on(signals.worker_process_shutdown, signals.worker_shutdown)
 def _cleanup(**_: Any) -> None:
     runtime.shutdown()
 
