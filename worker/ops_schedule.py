@@ -101,8 +101,10 @@ def queue_reads(pipe: Any, keys: Keys) -> None:
     pipe.hgetall(keys.due_signature())
 
 
-# name -> (the registration object resolved, its override, what resolve_all made of them)
-ResolvedCache = dict[str, tuple[Mapping[str, Any], Any, Resolved]]
+# name -> (the registration object resolved, its override, what resolve_all made of them:
+# None for a registration with no usable schedule, so that it is not resolved, and its error
+# logged, again at every scrape)
+ResolvedCache = dict[str, tuple[Mapping[str, Any], Any, Resolved | None]]
 
 
 def resolve_cached(usable: Mapping[str, Mapping[str, Any]],
@@ -116,14 +118,15 @@ def resolve_cached(usable: Mapping[str, Mapping[str, Any]],
     for name, entry in usable.items():
         hit = cache.get(name)
         if hit is not None and hit[0] is entry and hit[1] == overrides.get(name):
-            found[name] = hit[2]
+            if hit[2] is not None:
+                found[name] = hit[2]
         else:
             stale[name] = entry
     fresh = resolve_all(stale, overrides)
     for name in [name for name in cache if name not in usable]:
         del cache[name]
-    for name, resolved in fresh.items():
-        cache[name] = (stale[name], overrides.get(name), resolved)
+    for name, entry in stale.items():
+        cache[name] = (entry, overrides.get(name), fresh.get(name))
     return found | fresh
 
 

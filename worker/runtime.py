@@ -23,10 +23,11 @@ from celery.worker import state as worker_state
 from services import logs
 from services import shutdown as shutdown_signals
 from services.AbstractService import AbstractService
+from services.errors import ServiceConfigError
 from services.fields import Kind
 from services.lease import LeaseKeeper
 from services.registry import Registry
-from services.runner import RunReport, run_once
+from services.runner import RunReport, describe, run_once
 from services.runs import RunTicket
 from services.schedule import TickSlot
 from services.settings import get_settings
@@ -85,7 +86,15 @@ class ProcessRuntime:
         that raises fails this task, and the next task for ``name`` builds it again."""
         instance = self.instances.get(name)
         if instance is None:
-            instance = self.registry.build(name, state=self.store)
+            try:
+                instance = self.registry.build(name, state=self.store)
+            except Exception as exc:
+                # Said with the service's name: Celery's own line names only the task.
+                with logs.bound(name):
+                    logger.error("_configure_service() failed: %s; the next task for %s "
+                                 "builds it again", describe(exc), name, exc_info=exc)
+                raise ServiceConfigError(
+                    f"service {name}: _configure_service() failed: {describe(exc)}") from exc
             self.instances[name] = instance
         return instance
 
