@@ -147,9 +147,10 @@ def parse_number(value: str | bytes | float | None) -> float | None:
 
 
 def parse_count(value: str | None) -> int:
-    """A counter as Redis holds it: 0 when unset or unreadable (as the scripts' ``count``)."""
+    """A counter as Redis holds it: 0 when unset, unreadable or negative (a counter only
+    grows; a hand-edited -5 would break every rate computed from it)."""
     number = parse_number(value)
-    return int(number) if number is not None else 0
+    return max(0, int(number)) if number is not None else 0
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,10 @@ def read_index(store: StateStore, previous: Index | None = None) -> Index:
     index = Index(texts=raw)
     known = previous.texts if previous is not None else {}
     for name, text in sorted(raw.items()):
-        if known.get(name) == text and previous is not None and name in previous.entries:
+        if (known.get(name) == text and previous is not None
+                and previous.entries.get(name) is not None):
+            # Unchanged and readable: reused. An unreadable one is parsed again (rare and
+            # cheap), so that every read says what is wrong with it.
             index.entries[name] = previous.entries[name]
             continue
         if not NAME_PATTERN.match(name):

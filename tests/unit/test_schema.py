@@ -58,7 +58,7 @@ def test_standing_is_the_guards_order(store: StateStore, redis_client, running, 
 def test_one_reading_of_numbers(text, number) -> None:
     assert parse_number(text) == number
     if not isinstance(text, bytes):
-        assert parse_count(text) == int(number or 0)
+        assert parse_count(text) == max(0, int(number or 0))
 
 
 def test_an_infinite_counter_does_not_crash_a_scrape() -> None:
@@ -68,6 +68,7 @@ def test_an_infinite_counter_does_not_crash_a_scrape() -> None:
     assert total_ms == 0.0
     assert buckets[-1] == ("+Inf", 0)
     assert parse_count(raw[runs_field(Outcome.OK)]) == 0
+    assert parse_count("-5") == 0, "a counter only grows"
 
 
 def test_verdicts_and_kinds_are_the_scripts_words() -> None:
