@@ -81,16 +81,30 @@ local token, lease_ms, max_runs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local kind, tick_gap = ARGV[4], tonumber(ARGV[5])
 local known_epoch, cooldown_ms, max_ahead = ARGV[6], tonumber(ARGV[8]), tonumber(ARGV[9])
 
+-- The lease's members and their expiries, read once: by the lost-run check below when runs
+-- are in flight, else only once the guard lets the run through.
+local lease_expiry, lease_members
+local function read_lease()
+  lease_expiry, lease_members = {}, {}
+  local flat = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  for i = 1, #flat, 2 do
+    lease_expiry[flat[i]] = tonumber(flat[i + 1])
+    table.insert(lease_members, flat[i])
+  end
+end
+
 -- Runs whose lease lapsed without a finish: their worker died (SIGKILL, OOM, power). Each is
 -- recorded once, as `lost`, by whichever guard finds it first.
-for _, held in ipairs(redis.call('HKEYS', KEYS[4])) do
-  local expiry = redis.call('ZSCORE', KEYS[2], held)
-  if not expiry or tonumber(expiry) < now then
+local in_flight = redis.call('HKEYS', KEYS[4])
+if #in_flight > 0 then read_lease() end
+for _, held in ipairs(in_flight) do
+  local expiry = lease_expiry[held]
+  if not expiry or expiry < now then
     local started = tonumber(redis.call('HGET', KEYS[4], held)) or now
-    local ended = tonumber(expiry or now)
+    local ended = expiry or now
     redis.call('HDEL', KEYS[4], held)
     redis.call('HINCRBY', KEYS[1], 'runs_lost', 1)
-    push_history(KEYS[1], KEYS[3], cjson.encode({
+    push_history_counted(KEYS[1], KEYS[3], cjson.encode({
       run_id = string.match(held, '^[^@]*'), token = held,
       worker = string.match(held, '@(.*)$') or cjson.null, outcome = 'lost',
       started_at = started / 1000, finished_at = ended / 1000,
@@ -203,8 +217,13 @@ if kind == 'retry' and failures == 0 then
   return {'nothing_to_retry', '', now, warnings, epoch, kind}
 end
 
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local holders = redis.call('ZRANGE', KEYS[2], 0, -1)
+-- The lease's live members; lapsed ones (expiry <= now) are removed.
+if not lease_members then read_lease() end
+local holders, lapsed = {}, false
+for _, member in ipairs(lease_members) do
+  if lease_expiry[member] > now then table.insert(holders, member) else lapsed = true end
+end
+if lapsed then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
 if #holders >= max_runs then
   return {'leased', table.concat(holders, ','), now, warnings, epoch, kind}
 end
@@ -216,12 +235,16 @@ redis.call('HSET', KEYS[4], token, now)
 
 local seq = (number('runs', h[6]) or 0) + 1
 local started = string.format('%.3f', now / 1000)
-redis.call('HSET', KEYS[1], 'runs', seq, 'last_started_at', started, 'last_run_id', token)
-if ticking and slot then redis.call('HSET', KEYS[1], 'last_slot', slot) end
+-- One write of the state hash per run.
+local writes = {'runs', seq, 'last_started_at', started, 'last_run_id', token}
+if ticking and slot then table.insert(writes, 'last_slot') table.insert(writes, slot) end
 if kind == 'tick' or kind == 'loop' then
-  redis.call('HSET', KEYS[1], 'last_tick_at', now)
+  table.insert(writes, 'last_tick_at')
+  table.insert(writes, now)
 elseif probe then
   -- One probe per cooldown, however many ticks arrive at once.
-  redis.call('HSET', KEYS[1], 'stopped_at', started)
+  table.insert(writes, 'stopped_at')
+  table.insert(writes, started)
 end
+redis.call('HSET', KEYS[1], unpack(writes))
 return {'go', tostring(seq), now, warnings, epoch, kind}

@@ -65,55 +65,6 @@ if seq > 0 and redis.call('HDEL', KEYS[4], token) == 0 and lease_lost then
     end
   end
 end
-local h = redis.call('HMGET', KEYS[1], 'runs', 'failures', 'failure_window_at',
-  'first_failure_at')
-local superseded = lease_lost and seq > 0 and count(h[1]) > seq
-if seq == 0 then lease_lost = false end
-local finished = string.format('%.3f', now / 1000)
-
-local failures, stopped, retry_at, counted = count(h[2]), 0, 0, 0
-if not superseded then
-  if outcome == 'ok' then
-    redis.call('HSET', KEYS[1], 'failures', 0, 'last_finished_at', finished,
-      'last_success_at', finished)
-    redis.call('HDEL', KEYS[1], 'retry_at', 'failure_window_at', 'first_failure_at')
-    failures = 0
-    -- Only a stop by max_failures: an operator who stopped it during the probe decides.
-    if kind == 'probe' and redis.call('HGET', KEYS[1], 'stopped_by') == 'max_failures' then
-      redis.call('HSET', KEYS[1], 'running', 1)
-      redis.call('HDEL', KEYS[1], 'stop_reason', 'stopped_by', 'stopped_at')
-      redis.call('LPUSH', KEYS[5], cjson.encode({action = 'start', by = 'probe@' .. worker,
-        reason = 'a probe run after stop_cooldown_seconds succeeded', at = now / 1000}))
-      redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[11]) - 1)
-    end
-  elseif outcome == 'interrupted' then
-    redis.call('HSET', KEYS[1], 'last_finished_at', finished)
-  else
-    redis.call('HSET', KEYS[1], 'last_finished_at', finished, 'last_error', err,
-      'last_error_at', finished)
-    local window_at = count(h[3])
-    -- A manual outcome (seq 0, _handle_failure outside any run) counts as the seed's did.
-    if seq == 0 or (kind ~= 'probe' and (window_at == 0 or started > window_at)) then
-      counted = 1
-      failures = failures + 1
-      local first = now
-      if failures > 1 and count(h[4]) > 0 then first = count(h[4]) end
-      redis.call('HSET', KEYS[1], 'failures', failures, 'failure_window_at', now,
-        'first_failure_at', first)
-      if failures >= max_failures and (seq == 0 or now - first >= max_failures * retry_ms) then
-        stopped = 1
-        redis.call('HSET', KEYS[1], 'running', 0, 'stopped_by', 'max_failures',
-          'stopped_at', finished, 'stop_reason',
-          string.format('failed %d times in a row (max_failures=%d); last error: %s',
-            failures, max_failures, err))
-        redis.call('HDEL', KEYS[1], 'retry_at')
-      else
-        retry_at = now + retry_ms
-        redis.call('HSET', KEYS[1], 'retry_at', string.format('%.3f', retry_at / 1000))
-      end
-    end
-  end
-end
 
 -- Metrics (worker/metrics.py reads them): every run this script records is counted once, by
 -- outcome, and its duration lands in one histogram bucket (the collector sums the buckets
@@ -124,9 +75,76 @@ for _, bound in ipairs({10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 6
     300000, 900000, 3600000}) do
   if duration_ms <= bound then bucket = tostring(bound) break end
 end
-redis.call('HINCRBY', KEYS[1], 'runs_' .. outcome, 1)
-redis.call('HINCRBY', KEYS[1], 'duration_le_' .. bucket, 1)
-redis.call('HINCRBY', KEYS[1], 'duration_ms_sum', duration_ms)
+local runs_field, bucket_field = 'runs_' .. outcome, 'duration_le_' .. bucket
+
+-- The state hash is read once and written once (plus one HDEL when fields go): each
+-- redis.call costs the server more than the command itself, on every run.
+local h = redis.call('HMGET', KEYS[1], 'runs', 'failures', 'failure_window_at',
+  'first_failure_at', 'retry_at', 'stopped_by', runs_field, bucket_field, 'duration_ms_sum',
+  'history_bytes', 'history_count')
+local superseded = lease_lost and seq > 0 and count(h[1]) > seq
+if seq == 0 then lease_lost = false end
+local finished = string.format('%.3f', now / 1000)
+local writes, gone = {}, {}
+local function set(field, value)
+  table.insert(writes, field)
+  table.insert(writes, value)
+end
+
+local failures, stopped, retry_at, counted = count(h[2]), 0, 0, 0
+if not superseded then
+  if outcome == 'ok' then
+    set('failures', 0)
+    set('last_finished_at', finished)
+    set('last_success_at', finished)
+    if h[3] or h[4] or h[5] then gone = {'retry_at', 'failure_window_at', 'first_failure_at'} end
+    failures = 0
+    -- Only a stop by max_failures: an operator who stopped it during the probe decides.
+    if kind == 'probe' and h[6] == 'max_failures' then
+      set('running', 1)
+      for _, field in ipairs({'stop_reason', 'stopped_by', 'stopped_at'}) do
+        table.insert(gone, field)
+      end
+      redis.call('LPUSH', KEYS[5], cjson.encode({action = 'start', by = 'probe@' .. worker,
+        reason = 'a probe run after stop_cooldown_seconds succeeded', at = now / 1000}))
+      redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[11]) - 1)
+    end
+  elseif outcome == 'interrupted' then
+    set('last_finished_at', finished)
+  else
+    set('last_finished_at', finished)
+    set('last_error', err)
+    set('last_error_at', finished)
+    local window_at = count(h[3])
+    -- A manual outcome (seq 0, _handle_failure outside any run) counts as the seed's did.
+    if seq == 0 or (kind ~= 'probe' and (window_at == 0 or started > window_at)) then
+      counted = 1
+      failures = failures + 1
+      local first = now
+      if failures > 1 and count(h[4]) > 0 then first = count(h[4]) end
+      set('failures', failures)
+      set('failure_window_at', now)
+      set('first_failure_at', first)
+      if failures >= max_failures and (seq == 0 or now - first >= max_failures * retry_ms) then
+        stopped = 1
+        set('running', 0)
+        set('stopped_by', 'max_failures')
+        set('stopped_at', finished)
+        set('stop_reason', string.format(
+          'failed %d times in a row (max_failures=%d); last error: %s',
+          failures, max_failures, err))
+        gone = {'retry_at'}
+      else
+        retry_at = now + retry_ms
+        set('retry_at', string.format('%.3f', retry_at / 1000))
+      end
+    end
+  end
+end
+
+set(runs_field, string.format('%d', count(h[7]) + 1))
+set(bucket_field, string.format('%d', count(h[8]) + 1))
+set('duration_ms_sum', string.format('%d', count(h[9]) + duration_ms))
 
 local entry = {
   run_id = string.match(token, '^[^@]*'), token = token, seq = seq, worker = worker,
@@ -134,5 +152,10 @@ local entry = {
   started_at = started / 1000, finished_at = now / 1000, duration = (now - started) / 1000,
   error = (err ~= '' and err) or cjson.null, lease_lost = lease_lost, superseded = superseded,
 }
-push_history(KEYS[1], KEYS[3], cjson.encode(entry), history_len, tonumber(ARGV[12]), seq)
+local size, len = push_history(KEYS[3], cjson.encode(entry), history_len, tonumber(ARGV[12]),
+  seq, h[10], h[11])
+set('history_bytes', size)
+set('history_count', len)
+if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
+redis.call('HSET', KEYS[1], unpack(writes))
 return {failures, stopped, superseded and 1 or 0, lease_lost and 1 or 0, retry_at, counted}

@@ -1,15 +1,22 @@
 -- history: a library, not a script. A script that records runs names it in its header
 -- (`-- include: history`) and services/scripts.py puts this file before it.
 --
--- push_history(state_key, history_key, entry, max_len, max_bytes, seq)
+-- push_history(history_key, entry, max_len, max_bytes, seq, held_bytes, held_count)
 --   Pushes one JSON entry onto a service's history list (newest first), then drops the
 --   oldest entries until at most max_len entries and max_bytes bytes of entries are left;
---   the newest entry always stays, however long. The state hash counts what the list holds
---   (`history_bytes`, `history_count`). The list is measured again (one LRANGE of at most
---   max_len entries) whenever the counts cannot be trusted: missing, an entry count that
---   differs from LLEN (an entry was removed or the list deleted behind this function's back),
---   and every 64th run by `seq` (0 for a record of no run), which bounds the life of any
---   drift an older version's LPUSH/LTRIM left during a rolling upgrade.
+--   the newest entry always stays, however long. Returns the bytes and entries the list
+--   then holds, which the caller stores in the state hash (`history_bytes`,
+--   `history_count`) with its own writes: the state hash is read and written once per run.
+--   held_bytes, held_count: those two fields as the caller read them (nil if missing). The
+--   list is measured again (one LRANGE of at most max_len + 1 entries) whenever they cannot
+--   be trusted: missing, a count that differs from the list's length before this push (an
+--   entry was removed or the list deleted behind this function's back), and every 64th run
+--   by `seq` (0 for a record of no run), which bounds the life of any drift an older
+--   version's LPUSH/LTRIM left during a rolling upgrade.
+--
+-- push_history_counted(state_key, history_key, entry, max_len, max_bytes, seq)
+--   The same for a caller that does not read and write the state hash itself: reads the two
+--   fields, pushes, writes them back.
 
 local function history_size(history_key)
   local size = 0
@@ -17,20 +24,25 @@ local function history_size(history_key)
   return size
 end
 
-local function push_history(state_key, history_key, entry, max_len, max_bytes, seq)
-  local held = redis.call('HMGET', state_key, 'history_bytes', 'history_count')
-  local size, counted = tonumber(held[1] or ''), tonumber(held[2] or '')
-  if size == nil or size < 0 or counted ~= redis.call('LLEN', history_key)
-      or seq % 64 == 0 then
-    size = history_size(history_key)
-  end
+local function push_history(history_key, entry, max_len, max_bytes, seq, held_bytes,
+                            held_count)
+  local size, counted = tonumber(held_bytes or ''), tonumber(held_count or '')
   local len = redis.call('LPUSH', history_key, entry)
-  size = size + #entry
+  if size == nil or size < 0 or counted ~= len - 1 or seq % 64 == 0 then
+    size = history_size(history_key)
+  else
+    size = size + #entry
+  end
   while len > 1 and (len > max_len or size > max_bytes) do
     size = size - #redis.call('RPOP', history_key)
     len = len - 1
   end
   if len == 1 then size = #entry end
-  redis.call('HSET', state_key, 'history_bytes', size, 'history_count', len)
+  return size, len
 end
 
+local function push_history_counted(state_key, history_key, entry, max_len, max_bytes, seq)
+  local held = redis.call('HMGET', state_key, 'history_bytes', 'history_count')
+  local size, len = push_history(history_key, entry, max_len, max_bytes, seq, held[1], held[2])
+  redis.call('HSET', state_key, 'history_bytes', size, 'history_count', len)
+end

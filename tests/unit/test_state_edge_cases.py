@@ -302,3 +302,21 @@ def test_late_ticks_of_a_slow_worker_still_run_at_the_schedule_rate(store, redis
         if k:
             redis_client.hset(key, "last_tick_at", now - 1_000)
         assert regular_tick(store, "slow-worker", slot, slot + 1_000).go
+
+
+@pytest.mark.parametrize("field", ["runs_ok", "duration_le_10", "duration_ms_sum"])
+def test_a_counter_that_is_not_a_number_starts_again_and_the_run_is_recorded(
+        store, redis_client, field):
+    # The record reads each counter and writes it back once; a hand-edited counter must
+    # neither fail the record (HINCRBY would: "hash value is not an integer") nor stay.
+    key = store.keys.state("counted")
+    redis_client.hset(key, field, "many")
+    decision = begin(store, "counted")
+    assert decision.ticket is not None
+    store.runs.finish(decision.ticket, error=None, max_failures=3, retry_delay_seconds=1)
+    state = redis_client.hgetall(key)
+    assert state["runs_ok"] == "1"
+    assert state[field] != "many"
+    assert int(state["duration_ms_sum"]) >= 0
+    assert state["last_success_at"]
+    assert store.history("counted", 1)[0]["outcome"] == "ok"
