@@ -68,7 +68,10 @@ runs the solo worker under cProfile and writes its stats to FILE (for ``python -
 ``--hollow`` replaces ``ProcessRuntime.run`` in the worker with a canned report of a
 successful run (no guard, no ``update()``, no record: see ``bench/raw_tasks.py``), so that
 wrapped / raw is what the task around the run costs, and skips the round-trip count;
-the profiler slows everything, so its figures are not the reference ones. The summary also
+``--floor`` does the same after one PING on the state store's client, the smallest round
+trip there is: wrapped / raw is then the best any guard that hears from Redis before
+``update()`` could do on this machine, whatever its script. The profiler slows everything,
+so its figures are not the reference ones. The summary also
 gives each arm's CPU per task over its batches: its worker's processes (``/proc``) and the
 Redis server (``INFO cpu``, which serves every client, so an upper bound), which splits the
 wrapper's cost between the worker and Redis.
@@ -220,6 +223,8 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.canned = bool(args.hollow or args.floor)
+        """No real run: the report is canned (``--hollow``, ``--floor``)."""
         self.run_id = uuid.uuid4().hex[:10]
         self.prefix = f"bench-{self.run_id}"
         self.broker_prefix = f"{self.prefix}-broker:"
@@ -264,6 +269,7 @@ class Bench:
                 "DATABASE_URL": f"sqlite:///{self.workdir / 'services.db'}",
                 "BENCH_BREAKDOWN": "1" if self.args.breakdown else "0",
                 "BENCH_HOLLOW": "1" if self.args.hollow else "0",
+                "BENCH_FLOOR": "1" if self.args.floor else "0",
             }
         )
         default_env = dict(env)
@@ -539,7 +545,7 @@ class Bench:
                 for index_, (after, before) in enumerate(zip(sums_after, sums_before, strict=True)):
                     result.breakdown[index_] += after - before
                 refused = self.args.tasks - (self.runs_in_redis() - runs_before)
-                if refused and not self.args.hollow:  # a hollow run records nothing
+                if refused and not self.canned:  # a canned run records nothing
                     raise RuntimeError(f"{refused} wrapped messages did not run update()")
                 raw, wrapped, default = (measured[kind] for kind in ARMS)
                 result.rounds.append(measured)
@@ -549,7 +555,7 @@ class Bench:
                     f"{raw.rate / default.rate:>8.3f} {wrapped.rate / default.rate:>8.3f}  "
                     + ",".join(order)
                 )
-            if not self.args.hollow:
+            if not self.canned:
                 self.count_round_trips(result, self.args.count_runs)
         finally:
             self.stop_workers()
@@ -665,7 +671,7 @@ def report(results: list[PoolResult], args: argparse.Namespace) -> bool:
                 f"in guard + finish {scripts_cpu:.0f}: waiting on Redis "
                 f"{begin + finish - scripts_cpu:.0f} of the scripts' {begin + finish:.0f}"
             )
-    for r in results if not args.hollow else []:
+    for r in results if not (args.hollow or args.floor) else []:
         # Enough decimals that one command more or less in these runs shows: 1,001 commands
         # in 500 runs print as 2.002, never as a "2.00" next to FAIL.
         digits = max(2, math.ceil(math.log10(max(r.counted_runs, 1))))
@@ -720,6 +726,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--hollow",
         action="store_true",
         help="replace ProcessRuntime.run with a canned report: what the task costs around it",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="as --hollow, after one PING: the ceiling of any guard with one round trip",
     )
     parser.add_argument("--profile", metavar="FILE", help="cProfile the solo worker into FILE")
     parser.add_argument("--keep", action="store_true", help="keep the worker logs' directory")

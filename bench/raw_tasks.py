@@ -15,6 +15,10 @@ With ``BENCH_HOLLOW=1`` (``overhead.py --hollow``) ``ProcessRuntime.run`` is rep
 canned report of a run that went and succeeded, counted as ``update()`` counts itself: no
 guard, no ``update()``, no record. What the wrapped arm still costs over the raw one is the
 task around the run (the message check of a service call, the log context, ``execute``).
+
+With ``BENCH_FLOOR=1`` (``overhead.py --floor``) the canned report comes after one PING on
+the state store's client: the least any guard that hears from Redis before ``update()`` can
+cost. Wrapped / raw is then the ceiling of every design with one round trip before the run.
 """
 
 from __future__ import annotations
@@ -76,3 +80,14 @@ def _hollow_run(
 
 if os.environ.get("BENCH_HOLLOW") == "1":
     ProcessRuntime.run = _hollow_run  # type: ignore[method-assign]
+
+
+def _floor_run(
+    self: ProcessRuntime, name: str, kind: Kind, slot: TickSlot | None = None
+) -> RunReport:
+    self.store.client.ping()  # one round trip, the smallest there is
+    return _hollow_run(self, name, kind, slot)
+
+
+if os.environ.get("BENCH_FLOOR") == "1":
+    ProcessRuntime.run = _floor_run  # type: ignore[method-assign]

@@ -5,8 +5,9 @@ written by every worker, so one ``svc metrics`` anywhere sees the whole cluster,
 restart of it loses nothing.
 
 Counters and run durations come from fields that ``finish_run.lua`` increments in each
-service's hash as it records a run (one ``HINCRBY`` per field, in the same script, so a run is
-counted exactly once and in the same step as its outcome):
+service's hash as it records a run (read and written back with the run's other fields, in the
+same script, so a run is counted exactly once and in the same step as its outcome; a value
+that is not a number starts again from this run):
 
 - ``runs_<outcome>`` (outcome ``ok`` | ``error`` | ``timeout`` | ``interrupted`` | ``lost``):
   runs finished so far (``lost`` is counted by the guard that finds a dead worker's run);
