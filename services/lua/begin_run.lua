@@ -3,6 +3,7 @@
 -- On the way it records runs whose worker died (their lease lapsed with no finish) as `lost`,
 -- and notices a store that lost its data (the epoch this process knew is gone).
 -- include: history
+-- include: counters
 --
 -- KEYS[1]  state hash     <prefix>:<name>
 -- KEYS[2]  lease zset     <prefix>:<name>:lease     member = run token, score = expiry (ms)
@@ -103,7 +104,8 @@ for _, held in ipairs(in_flight) do
     local started = tonumber(redis.call('HGET', KEYS[4], held)) or now
     local ended = expiry or now
     redis.call('HDEL', KEYS[4], held)
-    redis.call('HINCRBY', KEYS[1], 'runs_lost', 1)
+    redis.call('HSET', KEYS[1], 'runs_lost',
+      count_plus(redis.call('HGET', KEYS[1], 'runs_lost'), 1))
     push_history_counted(KEYS[1], KEYS[3], cjson.encode({
       run_id = string.match(held, '^[^@]*'), token = held,
       worker = string.match(held, '@(.*)$') or cjson.null, outcome = 'lost',

@@ -1,5 +1,6 @@
 -- finish_run: record one run's outcome, release its lease and append it to the history.
 -- include: history
+-- include: counters
 -- One round trip after every run that begin_run let start.
 --
 -- KEYS[1]  state hash     <prefix>:<name>
@@ -33,15 +34,6 @@
 --   seq = 0 records an outcome that belongs to no leased run (AbstractService._handle_failure
 --   called outside a run): it is never superseded, always counted, and stops the service at
 --   max_failures as the seed's counter did.
-
--- A count as Redis holds it; unreadable, 'nan', 'inf' or hex (which tonumber() accepts) is 0.
-local function count(value)
-  local n = tonumber(value or '0')
-  if n == nil or n ~= n or n == math.huge or n == -math.huge or string.find(value or '', '[xX]') then
-    return 0
-  end
-  return n
-end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -77,8 +69,8 @@ for _, bound in ipairs({10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 6
 end
 local runs_field, bucket_field = 'runs_' .. outcome, 'duration_le_' .. bucket
 
--- The state hash is read once and written once (plus one HDEL when fields go): each
--- redis.call costs the server more than the command itself, on every run.
+-- The state hash is read once and written once (plus one HDEL when fields go, and the
+-- history's own counts after the push).
 local h = redis.call('HMGET', KEYS[1], 'runs', 'failures', 'failure_window_at',
   'first_failure_at', 'retry_at', 'stopped_by', runs_field, bucket_field, 'duration_ms_sum',
   'history_bytes', 'history_count')
@@ -142,9 +134,11 @@ if not superseded then
   end
 end
 
-set(runs_field, string.format('%d', count(h[7]) + 1))
-set(bucket_field, string.format('%d', count(h[8]) + 1))
-set('duration_ms_sum', string.format('%d', count(h[9]) + duration_ms))
+set(runs_field, count_plus(h[7], 1))
+set(bucket_field, count_plus(h[8], 1))
+set('duration_ms_sum', count_plus(h[9], duration_ms))
+if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
+redis.call('HSET', KEYS[1], unpack(writes))
 
 local entry = {
   run_id = string.match(token, '^[^@]*'), token = token, seq = seq, worker = worker,
@@ -152,10 +146,8 @@ local entry = {
   started_at = started / 1000, finished_at = now / 1000, duration = (now - started) / 1000,
   error = (err ~= '' and err) or cjson.null, lease_lost = lease_lost, superseded = superseded,
 }
+-- The history last: the outcome above stands even if the history key is not a list.
 local size, len = push_history(KEYS[3], cjson.encode(entry), history_len, tonumber(ARGV[12]),
   seq, h[10], h[11])
-set('history_bytes', size)
-set('history_count', len)
-if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
-redis.call('HSET', KEYS[1], unpack(writes))
+redis.call('HSET', KEYS[1], 'history_bytes', size, 'history_count', len)
 return {failures, stopped, superseded and 1 or 0, lease_lost and 1 or 0, retry_at, counted}

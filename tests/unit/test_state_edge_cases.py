@@ -320,3 +320,41 @@ def test_a_counter_that_is_not_a_number_starts_again_and_the_run_is_recorded(
     assert int(state["duration_ms_sum"]) >= 0
     assert state["last_success_at"]
     assert store.history("counted", 1)[0]["outcome"] == "ok"
+
+
+@pytest.mark.parametrize("held", ["9007199254740993", "9223372036854775807", "1e20"])
+def test_a_counter_beyond_exact_integers_starts_again_never_negative(
+        store, redis_client, held):
+    key = store.keys.state("huge")
+    redis_client.hset(key, "runs_ok", held)
+    decision = begin(store, "huge")
+    assert decision.ticket is not None
+    store.runs.finish(decision.ticket, error=None, max_failures=3, retry_delay_seconds=1)
+    assert redis_client.hget(key, "runs_ok") == "1"
+
+
+def test_a_history_key_of_the_wrong_type_still_counts_the_failure(store, redis_client):
+    # The outcome is written before the history: a service whose history key was clobbered
+    # still backs off and stops at max_failures, while every record reports the bad key.
+    redis_client.set(store.keys.history("clobbered"), "not a list")
+    decision = begin(store, "clobbered")
+    assert decision.ticket is not None
+    with pytest.raises(StateCorruptError):
+        store.runs.finish(decision.ticket, error="boom", max_failures=3,
+                          retry_delay_seconds=1)
+    state = redis_client.hgetall(store.keys.state("clobbered"))
+    assert state["failures"] == "1"
+    assert state["last_error"] == "boom"
+    assert state["retry_at"]
+
+
+def test_a_hand_edited_lost_counter_does_not_stop_the_guard(store, redis_client):
+    key = store.keys.state("lapsed")
+    first = begin(store, "lapsed")
+    assert first.ticket is not None
+    redis_client.delete(store.keys.lease("lapsed"))  # its worker died: the lease is gone
+    redis_client.hset(key, "runs_lost", "some")
+    again = store.runs.begin("lapsed", kind="trigger", max_runs=1, tick_gap_seconds=0.5)
+    assert again.ticket is not None
+    assert redis_client.hget(key, "runs_lost") == "1"
+    assert [row["outcome"] for row in store.history("lapsed", 5)] == ["lost"]
