@@ -272,13 +272,11 @@ def print_registry_errors(out: Console, errors: list[str],
         out.print(cell(f"warning: {error}", "yellow"))
 
 
-def detail_grid(status: ServiceStatus) -> Table:
+def detail_rows(status: ServiceStatus) -> list[tuple[str, Text]]:
+    """``svc status``'s block for one service: (label, value) rows."""
     config = status.config
     state = status.state
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column(overflow="fold")
-    rows: list[tuple[str, str]] = [
+    plain: list[tuple[str, str]] = [
         ("failures", failures_text(status)),
         ("schedule", schedule_text(status.schedule)),
         ("retry delay", seconds_text(config.retry_delay_seconds if config else None)),
@@ -293,14 +291,35 @@ def detail_grid(status: ServiceStatus) -> Table:
         ("lease held by", lease_text(status.leases, status.now)),
         ("last change", change_text(status)),
     ]
-    grid.add_row("service", cell(status.name, "bold"))
-    grid.add_row("state", condition_text(status))
-    grid.add_row("health", health_text(status))
+    return [("service", cell(status.name, "bold")), ("state", condition_text(status)),
+            ("health", health_text(status)),
+            *((label, cell(value)) for label, value in plain),
+            *(("warning", cell(warning, "yellow")) for warning in status.warnings)]
+
+
+def detail_block(rows: list[tuple[str, Text]], width: int) -> Text:
+    """The rows as two columns, labels in bold, a value too long for the line folded under
+    itself. Laid out here rather than by a rich grid: measuring and rendering a grid took
+    2-6 ms per service, 19 s for ``svc status`` at 10,000 services."""
+    label_width = max(len(label) for label, _ in rows)
+    value_width = max(width - label_width - 2, 20)
+    block = Text()
     for label, value in rows:
-        grid.add_row(label, cell(value))
-    for warning in status.warnings:
-        grid.add_row("warning", cell(warning, "yellow"))
-    return grid
+        block.append(label.ljust(label_width), "bold")
+        block.append("  ")
+        if value.cell_len <= value_width and "\n" not in value.plain:
+            block.append_text(value)
+        else:
+            indent = "\n" + " " * (label_width + 2)
+            lines = value.wrap(_MEASURING, value_width, overflow="fold")
+            block.append_text(Text(indent).join(lines))
+        block.append("\n")
+    block.rstrip()
+    return block
+
+
+# Only for Text.wrap, which asks a console for nothing but the cell widths of characters.
+_MEASURING = Console(width=PLAIN_WIDTH, highlight=False)
 
 
 def print_details(statuses: list[ServiceStatus], errors: list[str],
@@ -315,7 +334,7 @@ def print_details(statuses: list[ServiceStatus], errors: list[str],
     for i, status in enumerate(statuses):
         if i:
             out.print()
-        out.print(detail_grid(status))
+        out.print(detail_block(detail_rows(status), out.width), soft_wrap=True)
     print_loss(out, statuses)
     print_registry_errors(out, errors, index_errors)
 
@@ -324,7 +343,7 @@ def print_detail(status: ServiceStatus, audit: list[Any], history: list[Any],
                  errors: list[str], index_errors: Sequence[str] = ()) -> None:
     """``svc status NAME``: the service in full, its recent changes and runs."""
     out = console()
-    out.print(detail_grid(status))
+    out.print(detail_block(detail_rows(status), out.width), soft_wrap=True)
     if audit:
         out.print()
         out.print(audit_table(audit, status.now, title="recent changes"))
