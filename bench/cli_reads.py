@@ -229,14 +229,15 @@ def main() -> None:
         for count in counts:
             with cluster_of(url, run_id, count) as cluster:
                 results[count] = measure(cluster, args.rounds, pycache)
-    log("\nsummary (ms, ratio to raw in the same run)")
-    log(f"  {'N':>7} {'raw':>7} {'list':>7} {'ratio':>6} {'status':>7} {'ratio':>6} "
-        f"{'scrape':>7} {'http':>7}")
+    log("\nsummary (ms, ratio to raw in the same run; json: svc status --json, text: svc "
+        "status)")
+    log(f"  {'N':>7} {'raw':>7} {'list':>7} {'ratio':>6} {'json':>7} {'ratio':>6} "
+        f"{'scrape':>7} {'http':>7} {'text':>7}")
     for count, m in results.items():
         log(f"  {count:7,} {m['raw'] * 1000:7.0f} {m['svc list'] * 1000:7.0f} "
             f"{m['svc list'] / m['raw']:5.2f}x {m['svc status --json'] * 1000:7.0f} "
             f"{m['svc status --json'] / m['raw']:5.2f}x {m['scrape'] * 1000:7.0f} "
-            f"{m['scrape (HTTP)'] * 1000:7.0f}")
+            f"{m['scrape (HTTP)'] * 1000:7.0f} {m['svc status'] * 1000:7.0f}")
     log(f"\nload average at end: {load()}; {time.perf_counter() - started:.0f} s in all")
 
 
