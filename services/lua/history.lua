@@ -5,8 +5,8 @@
 --   Pushes one JSON entry onto a service's history list (newest first), then drops the
 --   oldest entries until at most max_len entries and max_bytes bytes of entries are left;
 --   the newest entry always stays, however long. Returns the bytes and entries the list
---   then holds, which the caller stores in the state hash (`history_bytes`,
---   `history_count`) with its own writes: the state hash is read and written once per run.
+--   then holds, for the caller to store in the state hash (`history_bytes`,
+--   `history_count`), which reads those two fields with its own HMGET of the hash.
 --   held_bytes, held_count: those two fields as the caller read them (nil if missing). The
 --   list is measured again (one LRANGE of at most max_len + 1 entries) whenever they cannot
 --   be trusted: missing, a count that differs from the list's length before this push (an
